@@ -1,0 +1,1 @@
+"""Samplers for bipartite Boltzmann machines behind one protocol (see `samplers.base`)."""

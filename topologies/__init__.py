@@ -1,0 +1,1 @@
+"""Hardware graphs (Chimera, Pegasus, Zephyr) described in YAML."""
