@@ -4,6 +4,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # parallel workers share 2 cores: one intra-op thread each avoids oversubscription
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DVAEQ_DATA_DIR") or REPO.parent / "shared" / "data")
