@@ -1,0 +1,113 @@
+"""Minor-embeddings of dense RBMs (K_{n_left,n_right}) on a topology, cached on disk.
+
+The embedding is computed once per (topology, shape, RBM size) by the family's constructive
+biclique embedder (`dwave.embedding.<family>.find_biclique_embedding`), or by minorminer with a
+fixed seed when the file says `embedder: minorminer`. It is stored as JSON under
+$DVAEQ_CACHE_DIR/embeddings (default: $XDG_CACHE_HOME or ~/.cache, then dvae-q/embeddings) and
+checked with `dwave.embedding.is_valid_embedding` every time it is loaded, so a stale or edited
+file is an error, never a silent re-embed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from topologies.loader import Topology, TopologyError
+
+
+def cache_root(cache_dir=None) -> Path:
+    """Where embeddings are cached: `cache_dir`, $DVAEQ_CACHE_DIR, or the user cache folder."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("DVAEQ_CACHE_DIR"):
+        return Path(os.environ["DVAEQ_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dvae-q"
+
+
+def cache_path(topology: Topology, num_left: int, num_right: int, cache_dir=None) -> Path:
+    shape = "x".join(map(str, topology.shape))
+    file = f"{topology.name}-{topology.family}{shape}-{topology.embedder}-K{num_left}x{num_right}.json"
+    return cache_root(cache_dir) / "embeddings" / file
+
+
+def _source_graph(num_left: int, num_right: int):
+    import networkx as nx
+
+    # labels 0..n_left−1 on the left and n_left.. on the right, as in BipartiteModel.to_bqm
+    return nx.complete_bipartite_graph(num_left, num_right)
+
+
+def compute(topology: Topology, num_left: int, num_right: int) -> dict[int, tuple[int, ...]]:
+    """A fresh embedding of K_{num_left,num_right}; TopologyError if it does not fit."""
+    target = topology.graph()
+    if topology.embedder == "minorminer":
+        import minorminer
+
+        found = minorminer.find_embedding(
+            _source_graph(num_left, num_right).edges, target.edges, random_seed=0, timeout=300
+        )
+        if not found:
+            raise TopologyError(
+                f"topology '{topology.name}': minorminer found no embedding of a dense "
+                f"{num_left}+{num_right} RBM; shrink the RBM or use a bigger topology"
+            )
+        return {int(k): tuple(int(q) for q in v) for k, v in found.items()}
+    import importlib
+
+    module = importlib.import_module(f"dwave.embedding.{topology.family}")
+    try:
+        left, right = module.find_biclique_embedding(num_left, num_right, target_graph=target)
+    except ValueError:
+        raise TopologyError(
+            f"topology '{topology.name}': a dense {num_left}+{num_right} RBM is larger than "
+            f"the biclique {topology.family}{list(topology.shape)} can embed; shrink the RBM"
+        ) from None
+    emb = {**left, **right}
+    return {int(k): tuple(int(q) for q in v) for k, v in emb.items()}
+
+
+def validate(topology: Topology, emb: dict, num_left: int, num_right: int, where: str) -> None:
+    """TopologyError unless `emb` embeds K_{num_left,num_right} in the topology's graph."""
+    from dwave.embedding import is_valid_embedding
+
+    n = num_left + num_right
+    if sorted(emb) != list(range(n)):
+        raise TopologyError(f"{where}: embedding units are not 0..{n - 1}; delete the file")
+    if not is_valid_embedding(emb, _source_graph(num_left, num_right), topology.graph()):
+        raise TopologyError(
+            f"{where}: embedding does not match topology '{topology.name}' "
+            f"({topology.family}{list(topology.shape)}, K{num_left},{num_right}); delete the file"
+        )
+
+
+def cached_embedding(topology: Topology, num_left: int, num_right: int, cache_dir=None):
+    """The cached embedding (validated), computing and storing it on first use."""
+    if num_left < 1 or num_right < 1:
+        raise TopologyError(f"topology '{topology.name}': an RBM needs >= 1 unit per side")
+    path = cache_path(topology, num_left, num_right, cache_dir)
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+            emb = {int(k): tuple(int(q) for q in v) for k, v in stored["embedding"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise TopologyError(f"embedding cache {path}: unreadable; delete the file") from None
+        validate(topology, emb, num_left, num_right, f"embedding cache {path}")
+        return emb
+    emb = compute(topology, num_left, num_right)
+    validate(topology, emb, num_left, num_right, f"computed embedding for '{topology.name}'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "topology": topology.name,
+        "family": topology.family,
+        "shape": list(topology.shape),
+        "num_left": num_left,
+        "num_right": num_right,
+        "embedding": {str(k): list(v) for k, v in sorted(emb.items())},
+    }
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    return emb
