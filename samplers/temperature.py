@@ -1,0 +1,274 @@
+"""Effective inverse temperature of a sampler's samples, and β_eff calibration.
+
+**Estimator.** Maximum pseudo-likelihood (MPL; ocean_notes §11). For each sample s and unit i
+let Δ_i(s) = E(s with unit i flipped) − E(s). If s ~ exp(−β·E), then
+p(s_i | s_−i) = σ(β·Δ_i(s)), and the pseudo-log-likelihood Σ_s Σ_i log σ(β·Δ_i(s)) is concave in
+β with stationarity condition
+
+    g(β) = Σ_s Σ_i Δ_i(s) · σ(−β·Δ_i(s)) = 0,
+
+which is monotone decreasing in β (g' = −Σ Δ²σ(βΔ)σ(−βΔ) < 0), so the root is unique when it
+exists. This is the condition `dwave.system.temperatures.maximum_pseudolikelihood_temperature`
+solves (with T = 1/β); tests cross-check the two. Here it is solved by safeguarded Newton steps
+in log β, vectorised over bootstrap replicates (row resampling with replacement); the error bar
+is the bootstrap standard deviation.
+
+**Units.** For a `BipartiteModel` the estimate is β̂ with samples ≈ exp(−β̂·E(z)), E the model's
+energy *without* its own `beta` (so exact samples of a model with beta=b give β̂ ≈ b). For a dimod
+BQM it is β̂ with samples ≈ exp(−β̂·E_bqm).
+
+**Calibration.** A sampler whose temperature is a scaling (the QPU backend: it programs
+E·β/β_eff) is corrected by β_eff ← β̂ of its samples measured against the problem it actually
+programmed; `calibrate` repeats that until the estimate is stable and reports β_eff, its error,
+the chain-break fraction and the QPU access time per call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.special import expit
+
+from samplers.model import BipartiteModel
+
+LOG_BETA_MIN, LOG_BETA_MAX = math.log(1e-3), math.log(1e3)  # Ocean's T_bracket (0.001, 1000)
+
+
+class TemperatureEstimationError(ValueError):
+    """The samples do not determine a finite β (e.g. all are local minima, or all anti-thermal)."""
+
+
+@dataclass(frozen=True)
+class BetaEstimate:
+    beta: float
+    stderr: float                    # bootstrap std; nan when num_bootstrap < 2
+    num_samples: int
+    bootstrap: tuple = field(default=(), repr=False)
+
+
+def flip_costs(model_or_bqm, samples, labels=None) -> np.ndarray:
+    """Δ_i(s) = E(flip_i s) − E(s) for every sample (rows) and unit (columns), float64.
+
+    `samples`: for a BipartiteModel, (n, n_left + n_right) values in {0, 1} (tensor or array).
+    For a dimod BQM: a SampleSet, a (array, labels) pair, or an array whose columns follow
+    `labels` (default: bqm.variables); values in the BQM's vartype.
+    """
+    if isinstance(model_or_bqm, BipartiteModel):
+        m = model_or_bqm
+        z = torch.as_tensor(samples).detach().to("cpu", torch.float64)
+        w = m.W.detach().to("cpu", torch.float64)
+        zl, zr = z[:, : m.num_left], z[:, m.num_left :]
+        field_l = m.a_left.detach().cpu().double() + zr @ w.T
+        field_r = m.a_right.detach().cpu().double() + zl @ w
+        fields = torch.cat([field_l, field_r], dim=1)
+        return (-(1 - 2 * z) * fields).numpy()
+    return _bqm_flip_costs(model_or_bqm, samples, labels)
+
+
+def _bqm_flip_costs(bqm, samples, labels):
+    import dimod
+    import scipy.sparse as sp
+
+    if isinstance(samples, dimod.SampleSet):
+        if np.any(samples.record.num_occurrences != 1):
+            raise ValueError("flip_costs needs raw samples (answer_mode='raw'), not a histogram")
+        samples, labels = samples.record.sample, list(samples.variables)
+    elif isinstance(samples, tuple):
+        samples, labels = samples
+    arr = np.asarray(samples, dtype=np.float64)
+    labels = list(bqm.variables) if labels is None else list(labels)
+    if arr.ndim != 2 or arr.shape[1] != len(labels) or set(labels) != set(bqm.variables):
+        raise ValueError("samples' columns must be exactly the BQM's variables")
+    h, (row, col, quad), _ = bqm.to_numpy_vectors(variable_order=labels)
+    n = len(labels)
+    coupling = sp.coo_matrix((np.concatenate([quad, quad]),
+                              (np.concatenate([row, col]), np.concatenate([col, row]))),
+                             shape=(n, n)).tocsr()
+    fields = h[None, :] + (coupling @ arr.T).T
+    if bqm.vartype is dimod.SPIN:
+        return -2.0 * arr * fields
+    return -(1.0 - 2.0 * arr) * fields
+
+
+def _score(delta: np.ndarray, weights: np.ndarray, beta: np.ndarray):
+    """g(β_b) and dg/dβ_b for each replicate b (weights (B, n) over sample rows)."""
+    g = np.empty(len(beta))
+    dg = np.empty(len(beta))
+    for b, bt in enumerate(beta):
+        s = expit(-bt * delta)
+        g[b] = weights[b] @ (delta * s).sum(1)
+        dg[b] = -(weights[b] @ (delta * delta * s * (1 - s)).sum(1))
+    return g, dg
+
+
+def _solve(delta: np.ndarray, weights: np.ndarray, beta0: float) -> np.ndarray:
+    """Root of g per replicate by Newton steps in x = log β, bisecting when a step leaves the
+    current bracket; returns nan where the root is outside [1e-3, 1e3]."""
+    count = len(weights)
+    lo = np.full(count, LOG_BETA_MIN)
+    hi = np.full(count, LOG_BETA_MAX)
+    x = np.full(count, math.log(min(max(beta0, 1.01e-3), 0.99e3)))
+    for _ in range(100):
+        beta = np.exp(x)
+        g, dg = _score(delta, weights, beta)
+        lo = np.where(g > 0, x, lo)   # g decreasing: a positive score means the root is larger
+        hi = np.where(g <= 0, x, hi)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.where(dg != 0, x - g / (dg * beta), np.nan)
+        # at the root g is rounding noise and the step tiny: accept it even if it touches
+        # the bracket, rather than bisecting away from a converged value
+        done = np.isfinite(step) & (np.abs(step - x) < 1e-10)
+        bad = ~done & (~np.isfinite(step) | (step <= lo) | (step >= hi))
+        x = np.where(bad, 0.5 * (lo + hi), step)
+        if done.all():
+            break
+    out = np.exp(x)
+    edge = (x - LOG_BETA_MIN < 1e-6) | (LOG_BETA_MAX - x < 1e-6)
+    return np.where(edge, np.nan, out)
+
+
+def estimate_beta(model_or_bqm, samples, labels=None, *, num_bootstrap: int = 100,
+                  seed: int | None = 0, beta_guess: float = 1.0) -> BetaEstimate:
+    """β̂ of `samples` for a BipartiteModel or dimod BQM by maximum pseudo-likelihood.
+
+    See the module docstring for units. `num_bootstrap` replicates (row resampling with a
+    numpy Generator seeded by `seed`) give `stderr`. Raises TemperatureEstimationError when no
+    root lies in β ∈ [1e-3, 1e3] (e.g. every sample is a local minimum: β̂ = ∞).
+    """
+    delta = flip_costs(model_or_bqm, samples, labels)
+    n = delta.shape[0]
+    if n < 1:
+        raise ValueError("estimate_beta needs at least one sample")
+    # a root in (0, ∞) needs g(0) = ΣΔ/2 > 0 and some Δ < 0 (else g > 0 for every β: β̂ = ∞)
+    possible = delta.sum() > 0 and (delta < 0).any()
+    beta = float(_solve(delta, np.ones((1, n)), beta_guess)[0]) if possible else math.nan
+    if not math.isfinite(beta):
+        raise TemperatureEstimationError(
+            f"no pseudo-likelihood β in [1e-3, 1e3] for these {n} samples "
+            "(all local minima, or anti-thermal); the sampler is not near equilibrium"
+        )
+    boot = np.empty(0)
+    if num_bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(num_bootstrap, n))
+        weights = np.zeros((num_bootstrap, n))
+        np.add.at(weights, (np.arange(num_bootstrap)[:, None], idx), 1.0)
+        boot = _solve(delta, weights, beta)
+    finite = boot[np.isfinite(boot)]
+    stderr = float(np.std(finite, ddof=1)) if len(finite) >= 2 else math.nan
+    return BetaEstimate(beta=beta, stderr=stderr, num_samples=n, bootstrap=tuple(boot.tolist()))
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """Outcome of `calibrate`: the sampler's β_eff (programmed units) and facts per call."""
+
+    beta_eff: float
+    stderr: float
+    beta_model: float                 # β̂ of the last samples against the model's energy
+    chain_break_fraction: float | None
+    qpu_access_time_us: float | None  # per sample() call, as the solver reported (a mock's is fake)
+    estimated_qpu_access_time_us: float | None  # per sample() call, Ocean's timing model
+    num_samples: int
+    iterations: int
+    history: tuple = ()
+
+    def report(self) -> str:
+        """Human-readable lines for `dvae-q calibrate`."""
+        fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+        lines = [
+            f"beta_eff: {self.beta_eff:.4g} ± {self.stderr:.2g} (bootstrap std)",
+            f"beta of samples against the model: {self.beta_model:.4g} (target 1 after calibration)",
+            f"chain-break fraction: {fmt(self.chain_break_fraction, '.4f')}",
+            f"QPU access time per call of {self.num_samples} samples (reported by the solver): "
+            f"{fmt(self.qpu_access_time_us, ',.0f')} µs",
+            f"QPU access time per call of {self.num_samples} samples (Ocean timing model): "
+            f"{fmt(self.estimated_qpu_access_time_us, ',.0f')} µs",
+            f"iterations: {self.iterations}; beta_eff history: "
+            + ", ".join(f"{b:.4g}" for b in self.history),
+        ]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.report()
+
+
+def calibrate(sampler, model: BipartiteModel, num_samples: int = 1000, *,
+              max_iterations: int = 5, num_bootstrap: int = 100, seed: int | None = 0
+              ) -> CalibrationResult:
+    """Measure β_eff at `model` (e.g. the current prior) and update the sampler's scaling.
+
+    A sampler with a β_eff scaling (the QPU backend: `beta_eff` and `measure_beta_eff`) is
+    sampled, its β_eff re-estimated against the problem it programmed, and the loop repeats until
+    the samples' β against the model agrees with model.beta within 2 bootstrap standard errors
+    (or `max_iterations`). Any other sampler is measured once: β_eff is then β̂ of its samples
+    against the model's energy (model.beta for an exact sampler).
+    """
+    scalable = hasattr(sampler, "measure_beta_eff")
+    history = [float(sampler.beta_eff)] if scalable else []
+    for it in range(1, max_iterations + 1):
+        z = sampler.sample(model, num_samples)
+        at_model = estimate_beta(model, z, num_bootstrap=num_bootstrap, seed=seed,
+                                 beta_guess=max(model.beta, 1e-3))
+        if not scalable:
+            beta_eff, stderr = at_model.beta, at_model.stderr
+            break
+        measured = sampler.measure_beta_eff(num_bootstrap=num_bootstrap, seed=seed)
+        beta_eff, stderr = measured.beta, measured.stderr
+        converged = abs(at_model.beta - model.beta) <= 2 * at_model.stderr
+        sampler.set_beta_eff(beta_eff)
+        history.append(beta_eff)
+        if converged:
+            break
+    info = sampler.info
+    estimate_fn = getattr(sampler, "estimated_access_time_us", None)
+    return CalibrationResult(
+        beta_eff=float(beta_eff),
+        stderr=float(stderr),
+        beta_model=float(at_model.beta),
+        chain_break_fraction=info.get("chain_break_fraction"),
+        qpu_access_time_us=info.get("qpu_access_time_us"),
+        estimated_qpu_access_time_us=estimate_fn(model, num_samples) if estimate_fn else None,
+        num_samples=num_samples,
+        iterations=it,
+        history=tuple(history),
+    )
+
+
+def random_native_model(topology, num_left=None, num_right=None, *, scale: float = 1.0,
+                        seed: int = 0) -> BipartiteModel:
+    """A random RBM on a topology's native mask (weights, biases ~ N(0, scale²/4)) — the
+    calibration probe when no trained prior is given."""
+    if topology.mode == "native":
+        _, _, mask = topology.native_rbm(num_left, num_right)
+        n_l, n_r = mask.shape
+    else:
+        n_l, n_r, mask = num_left or 16, num_right or 16, None
+    g = torch.Generator().manual_seed(seed)
+    normal = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64) * scale / 2  # noqa: E731
+    return BipartiteModel(normal(n_l), normal(n_r), normal(n_l, n_r),
+                          None if mask is None else mask.double())
+
+
+def calibrate_cli(topology, sampler: str = "qpu", num_reads: int = 1000, seed: int = 0,
+                  child_sampler=None, num_left=None, num_right=None) -> CalibrationResult:
+    """What `dvae-q calibrate` runs: calibrate `sampler` on a random native probe RBM of
+    `topology` (or a dense 16+16 one for embedded topologies); str() of the result is the report."""
+    import samplers
+    import topologies
+
+    topo = topologies.load(topology)
+    options = {"seed": seed}
+    declared = samplers.declared_options(sampler)
+    if "topology" in declared:
+        options["topology"] = topology
+    if "child_sampler" in declared and child_sampler is not None:
+        options["child_sampler"] = child_sampler
+    if "num_reads" in declared:
+        options["num_reads"] = num_reads
+    smp = samplers.get(sampler, **options)
+    model = random_native_model(topo, num_left, num_right, seed=seed)
+    return calibrate(smp, model, num_samples=num_reads, seed=seed)

@@ -1,0 +1,67 @@
+"""Offline QPU test double: a "thermal QPU" (ocean_notes §10).
+
+`thermal_mock(topology, beta=b)` is a `MockDWaveSampler` with the topology's hardware graph and
+properties (h_range, j_range, timing, ...) whose substitute sampler is simulated annealing held at
+the fixed inverse temperature b with single-site Gibbs updates. It therefore behaves like a QPU
+whose effective inverse temperature is exactly b in programmed units: samples ≈ exp(−b·E_prog).
+Unlike the real mock's default substitute (steepest descent) this is a Boltzmann sampler, so
+β_eff calibration and distribution tests have a known answer.
+
+Like the real mock it enforces structure (qubits and couplers) but not h/J ranges. Physical QPU
+parameters (auto_scale, annealing_time, thermalization) are accepted and have no effect.
+
+Config files can name it as the qpu sampler's child:
+
+    sampler_options:
+      qpu: {child_sampler: "samplers.testing:thermal_mock",
+            child_kwargs: {beta: 5.0, num_sweeps: 200, seed: 1}}
+"""
+
+from __future__ import annotations
+
+import dimod
+import numpy as np
+
+
+class FixedBetaGibbs(dimod.Sampler):
+    """Simulated annealing at one fixed β (Gibbs updates, random order), seeded per call from
+    its own numpy Generator so that successive calls differ but a seed reproduces a run."""
+
+    parameters = {"num_reads": []}
+    properties: dict = {}
+
+    def __init__(self, beta: float, num_sweeps: int, seed: int | None = None):
+        from dwave.samplers import SimulatedAnnealingSampler
+
+        self.beta = float(beta)
+        self.num_sweeps = int(num_sweeps)
+        self._engine = SimulatedAnnealingSampler()
+        self._rng = np.random.default_rng(seed)
+
+    def sample(self, bqm, num_reads: int = 1, **ignored):
+        # `ignored`: QPU-only parameters (auto_scale, annealing_time, ...) forwarded by the mock
+        return self._engine.sample(
+            bqm,
+            num_reads=num_reads,
+            beta_range=[self.beta, self.beta],
+            num_sweeps=self.num_sweeps,
+            proposal_acceptance_criteria="Gibbs",
+            randomize_order=True,
+            seed=int(self._rng.integers(2**31 - 1)),
+        )
+
+
+def thermal_mock(topology="chimera_c4", beta: float = 5.0, num_sweeps: int = 200,
+                 seed: int | None = None, broken_nodes=None, broken_edges=None):
+    """A MockDWaveSampler of `topology` (name, path or Topology) sampling exp(−beta·E_prog)."""
+    import topologies
+    from dwave.system.testing import MockDWaveSampler
+
+    topo = topologies.load(topology)
+    return MockDWaveSampler(
+        **topo.mock_kwargs(),
+        broken_nodes=broken_nodes,
+        broken_edges=broken_edges,
+        substitute_sampler=FixedBetaGibbs(beta, num_sweeps, seed),
+        parameter_warnings=False,
+    )

@@ -1,0 +1,281 @@
+"""The qpu sampler against MockDWaveSampler doubles: Boltzmann fidelity after calibration (exact
+enumeration), structure and range checks, retries, lazy client, token redaction, persistence."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from dwave.system.testing import MockDWaveSampler
+
+import samplers
+import topologies
+from samplers.qpu import QPUConfigError, QPUError, QPURangeError
+from samplers.temperature import calibrate, random_native_model
+from samplers.testing import thermal_mock
+
+SECRET = "DEV-fake0secret0token0123456789abcdef"
+
+
+def _native_model(topology, n_l, n_r, seed=0, scale=1.0):
+    topo = topologies.load(topology)
+    mask = topo.coupling_mask(n_l, n_r).double()
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64) * scale  # noqa: E731
+    return samplers.BipartiteModel(r(n_l), r(n_r), r(n_l, n_r), mask)
+
+
+def _qpu(topology="chimera_c4", beta_true=4.0, child_seed=0, **options):
+    options.setdefault("seed", 0)
+    return samplers.get("qpu", topology=topology, child_sampler="samplers.testing:thermal_mock",
+                        child_kwargs={"beta": beta_true, "num_sweeps": 100, "seed": child_seed},
+                        **options)
+
+
+def _exact_distribution(model):
+    states = torch.tensor(list(itertools.product([0.0, 1.0], repeat=model.num_units)),
+                          dtype=torch.float64)
+    return states, torch.softmax(-model.beta * model.energy(states), 0)
+
+
+def _empirical(states, z):
+    weights = 2 ** torch.arange(z.shape[1] - 1, -1, -1, dtype=torch.float64)
+    codes = (z.double() @ weights).long()
+    counts = torch.bincount(codes, minlength=len(states)).double()
+    return counts / counts.sum()
+
+
+@pytest.mark.parametrize("topology", ["chimera_c4", "pegasus_p4", "zephyr_z2"])
+def test_calibrated_samples_match_exact_boltzmann(topology):
+    # A 5+5 native region (1024 states). Fixed seeds keep the statistical bound deterministic.
+    model = _native_model(topology, 5, 5, seed=1)
+    sampler = _qpu(topology, beta_true=4.0, beta_eff=2.5, num_reads=2000)
+    result = calibrate(sampler, model, num_samples=2000, num_bootstrap=50)
+    assert abs(result.beta_eff - 4.0) / 4.0 < 0.03
+    n = 16000
+    z = sampler.sample(model, n)
+    assert z.shape == (n, 10) and set(z.unique().tolist()) <= {0.0, 1.0}
+    states, p = _exact_distribution(model)
+    tv = 0.5 * (_empirical(states, z) - p).abs().sum().item()
+    # Bound: E[TV] <= ½ Σ sqrt(p(1−p)/n) (Cauchy–Schwarz per state); TV moves by <= 1/n per
+    # sample, so McDiarmid adds sqrt(ln(1/δ)/(2n)) at δ = 1e-4; a 3 % β_eff error changes the
+    # target by TV <= sqrt(KL/2) with KL ≈ ½ (0.03)² Var(E), added as well.
+    energy = model.energy(states)
+    var_e = (p * energy**2).sum() - ((p * energy).sum()) ** 2
+    bound = (0.5 * torch.sqrt(p * (1 - p) / n).sum()).item() + math.sqrt(math.log(1e4) / (2 * n)) \
+        + math.sqrt(0.25 * 0.03**2 * var_e.item())
+    assert tv < bound
+    # sensitivity: the same samples are far from the model at a wrong temperature
+    _, p_hot = _exact_distribution(model.with_beta(0.6))
+    assert 0.5 * (_empirical(states, z) - p_hot).abs().sum().item() > 2 * bound
+
+
+def test_info_records_timing_chain_breaks_and_calls():
+    model = _native_model("chimera_c4", 6, 6)
+    sampler = _qpu(num_reads=100, beta_eff=4.0)
+    z = sampler.sample(model, 250)
+    info = sampler.info
+    assert z.shape == (250, 12)
+    assert info["num_qpu_calls"] == 3 and info["retries"] == 0
+    assert info["beta_eff"] == 4.0 and info["chain_break_fraction"] == 0.0
+    # the mock's fixed fake timing (ocean_notes §9): 8550.28 µs of access per QPU call
+    assert info["qpu_access_time_us"] == pytest.approx(3 * 8550.28)
+    assert info["timing"]["qpu_access_time"] == info["qpu_access_time_us"]
+    assert info["time_s"] > 0 and info["clipped_fraction"] == 0.0
+
+
+def test_embedded_mode_unembeds_and_reports_chain_breaks():
+    model = random_native_model(topologies.load("zephyr_z2_embedded"), 12, 12, seed=0)
+    sampler = _qpu("zephyr_z2_embedded", beta_eff=4.0, num_reads=200, range_policy="clip")
+    z = sampler.sample(model, 200)
+    assert z.shape == (200, 24)
+    emb = topologies.load("zephyr_z2_embedded").embedding(12, 12)
+    assert max(map(len, emb.values())) > 1  # chains are really in play
+    assert 0.0 <= sampler.info["chain_break_fraction"] <= 1.0
+
+
+def test_range_violation_is_an_error_naming_the_worst_value():
+    model = _native_model("chimera_c4", 4, 4, scale=30.0)
+    sampler = _qpu(beta_eff=1.0)
+    with pytest.raises(QPURangeError, match=r"outside (h|j)_range") as err:
+        sampler.sample(model, 10)
+    assert "\n" not in str(err.value) and "range_policy: clip" in str(err.value)
+    assert sampler.calls == 0 and sampler.info == {}
+
+
+def test_range_clip_reports_the_clipped_fraction():
+    model = _native_model("chimera_c4", 4, 4, scale=30.0)
+    sampler = _qpu(beta_eff=1.0, range_policy="clip", num_reads=20)
+    sampler.sample(model, 20)
+    bqm = sampler.programmed_bqm(model)
+    h, (_, _, j), _ = bqm.to_numpy_vectors()
+    expected = ((np.abs(h) > 4).sum() + (np.abs(j) > 1).sum()) / (len(h) + len(j))
+    assert expected > 0
+    assert sampler.info["clipped_fraction"] == pytest.approx(expected)
+
+
+def test_structure_errors():
+    topo = topologies.load("chimera_c4")
+    # 6+6 spans two unit cells, so a dense W has couplings with no coupler
+    dense = samplers.BipartiteModel(torch.ones(6, dtype=torch.float64),
+                                    torch.ones(6, dtype=torch.float64),
+                                    torch.ones(6, 6, dtype=torch.float64))
+    with pytest.raises(QPUConfigError, match="no coupler"):
+        _qpu().sample(dense, 5)
+    left, _, _ = topo.native_rbm(4, 4)
+    broken = samplers.get("qpu", topology="chimera_c4",
+                          child_sampler=thermal_mock("chimera_c4", broken_nodes=[left[0]]))
+    with pytest.raises(QPUConfigError, match="dead qubit"):
+        broken.sample(_native_model("chimera_c4", 4, 4), 5)
+    wrong = samplers.get("qpu", topology="pegasus_p4", child_sampler=thermal_mock("chimera_c4"))
+    with pytest.raises(QPUConfigError, match="does not match"):
+        wrong.sample(_native_model("pegasus_p4", 4, 4), 5)
+    plain = samplers.get("qpu", topology="chimera_c4", child_sampler=object())
+    with pytest.raises(QPUConfigError, match="not a structured"):
+        plain.sample(_native_model("chimera_c4", 4, 4), 5)
+
+
+def test_option_errors_are_one_line():
+    with pytest.raises(samplers.SamplerOptionError, match="needs option 'topology'"):
+        samplers.get("qpu")
+    with pytest.raises(samplers.SamplerOptionError, match="cannot import"):
+        samplers.get("qpu", topology="chimera_c4", child_sampler="samplers.testing:nothing")
+    with pytest.raises(samplers.SamplerOptionError, match="is dense"):
+        samplers.get("qpu", topology="dense")
+    with pytest.raises(samplers.SamplerOptionError, match="range_policy"):
+        samplers.get("qpu", topology="chimera_c4", range_policy="wrap")
+    with pytest.raises(topologies.TopologyError):
+        samplers.get("qpu", topology="nowhere")
+    with pytest.raises(samplers.SamplerOptionError, match="never put a token") as err:
+        samplers.get("qpu", topology="chimera_c4", client_config={"token": SECRET})
+    assert SECRET not in str(err.value)
+
+
+class Flaky:
+    """A structured child that fails `failures` times with `error` before each success."""
+
+    def __init__(self, child, error, failures):
+        self.child, self.error, self.failures = child, error, failures
+        self.attempts = 0
+
+    def __getattr__(self, name):
+        return getattr(self.child, name)
+
+    def sample(self, bqm, **kwargs):
+        self.attempts += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise self.error
+        return self.child.sample(bqm, **kwargs)
+
+
+def test_transient_errors_are_retried_with_backoff():
+    from dwave.cloud.exceptions import RequestTimeout
+
+    child = Flaky(thermal_mock("chimera_c4", seed=0), RequestTimeout("API request timed out"), 2)
+    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child,
+                           retry_backoff_s=0.01, max_retries=3, seed=0)
+    z = sampler.sample(_native_model("chimera_c4", 4, 4), 20)
+    assert z.shape == (20, 8) and sampler.info["retries"] == 2 and child.attempts == 3
+
+
+def test_exhausted_or_permanent_errors_leave_state_untouched():
+    from dwave.cloud.exceptions import RequestTimeout, SolverFailureError
+
+    model = _native_model("chimera_c4", 4, 4)
+    for error, failures, match in [(RequestTimeout("timed out"), 5, "persisted after 1 retries"),
+                                   (SolverFailureError("bad problem"), 1, "SolverFailureError")]:
+        child = Flaky(thermal_mock("chimera_c4", seed=0), error, failures)
+        sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child,
+                               retry_backoff_s=0.0, max_retries=1, seed=0, recalibrate_every=1)
+        before = sampler.state_dict()
+        with pytest.raises(QPUError, match=match) as err:
+            sampler.sample(model, 10)
+        assert "\n" not in str(err.value) and err.value.__cause__ is None
+        assert sampler.state_dict() == before and sampler.info == {}
+
+
+def test_bugs_are_not_wrapped():
+    child = Flaky(thermal_mock("chimera_c4"), KeyError("a bug"), 1)
+    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child)
+    with pytest.raises(KeyError):
+        sampler.sample(_native_model("chimera_c4", 4, 4), 5)
+
+
+def test_client_is_lazy_and_missing_token_is_one_line(tmp_path, monkeypatch):
+    empty = tmp_path / "dwave.conf"
+    empty.write_text("")
+    monkeypatch.delenv("DWAVE_API_TOKEN", raising=False)
+    monkeypatch.delenv("DWAVE_PROFILE", raising=False)
+    monkeypatch.setenv("DWAVE_CONFIG_FILE", str(empty))
+    sampler = samplers.get("qpu", topology="chimera_c4")  # no token needed to build it
+    assert sampler._child is None
+    with pytest.raises(QPUConfigError, match="no D-Wave API token") as err:
+        sampler.sample(_native_model("chimera_c4", 4, 4), 5)
+    assert "\n" not in str(err.value)
+
+
+def test_token_never_leaks(tmp_path, monkeypatch):
+    empty = tmp_path / "dwave.conf"
+    empty.write_text("")
+    monkeypatch.setenv("DWAVE_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("DWAVE_API_TOKEN", SECRET)
+    model = _native_model("chimera_c4", 4, 4)
+    # a failure whose text carries the token (as an HTTP error echoing a header might)
+    child = Flaky(thermal_mock("chimera_c4"), RuntimeError(f"401 for token {SECRET}"), 1)
+    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, max_retries=0)
+    with pytest.raises(QPUError) as err:
+        sampler.sample(model, 5)
+    assert SECRET not in str(err.value) and "***" in str(err.value)
+    sampler.sample(model, 5)
+    for text in (repr(sampler), repr(sampler.info), repr(sampler.state_dict())):
+        assert SECRET not in text
+    # the real client, pointed at a closed local port: it fails fast, and without the token
+    real = samplers.get("qpu", topology="chimera_c4", max_retries=0,
+                        client_config={"endpoint": "http://127.0.0.1:9/sapi/v2/",
+                                       "request_timeout": 0.5, "request_retry": 0})
+    with pytest.raises((QPUError, QPUConfigError)) as err:
+        real.sample(model, 5)
+    assert SECRET not in str(err.value) and SECRET not in repr(real)
+
+
+def test_recalibration_every_n_calls_moves_beta_eff_to_truth():
+    model = _native_model("chimera_c4", 8, 8, seed=2)
+    sampler = _qpu(beta_true=3.0, beta_eff=6.0, num_reads=500, recalibrate_every=2)
+    sampler.sample(model, 500)
+    assert sampler.info["recalibrated"] is False and sampler.beta_eff == 6.0
+    sampler.sample(model, 500)
+    assert sampler.info["recalibrated"] is True
+    assert abs(sampler.beta_eff - 3.0) / 3.0 < 0.05
+    assert sampler.info["beta_eff"] == 6.0  # the value used for this call's samples
+    assert sampler.state_dict()["beta_eff_history"] == [6.0, sampler.beta_eff]
+
+
+def test_same_seeds_same_samples_and_state_round_trip():
+    model = _native_model("chimera_c4", 4, 4)
+    a = _qpu(child_seed=5, num_reads=50).sample(model, 50)
+    b = _qpu(child_seed=5, num_reads=50).sample(model, 50)
+    c = _qpu(child_seed=6, num_reads=50).sample(model, 50)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    s1 = _qpu(recalibrate_every=1, num_reads=50)
+    s1.sample(model, 50)
+    s2 = _qpu(num_reads=50)
+    s2.load_state_dict(s1.state_dict())
+    assert s2.beta_eff == s1.beta_eff and s2.state_dict() == s1.state_dict()
+
+
+def test_solver_parameters_reach_the_child():
+    seen = {}
+
+    class Recorder(MockDWaveSampler):
+        def sample(self, bqm, **kwargs):
+            seen.update(kwargs)
+            return super().sample(bqm, **kwargs)
+
+    child = Recorder(topology_type="chimera", topology_shape=[4, 4, 4], parameter_warnings=False)
+    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, annealing_time=50)
+    sampler.sample(_native_model("chimera_c4", 3, 3), 7)
+    assert seen["auto_scale"] is False and seen["answer_mode"] == "raw"
+    assert seen["annealing_time"] == 50 and seen["num_reads"] == 100  # topology's num_reads
+    assert seen["programming_thermalization"] == 1000  # topology default
