@@ -1,0 +1,95 @@
+"""Encoder and decoder networks of the four published structures (spec §4).
+
+MLP block: Linear → [BatchNorm → tanh] per hidden layer, last Linear plain. Weights use TF-1's
+variance-scaling init (truncated normal, σ = sqrt(2.6/fan_in), cut at ±2σ: effective std
+sqrt(2/fan_in)); biases start at zero. BatchNorm: PyTorch momentum 0.2 (TF's 0.8), ε = 1e−2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+NUM_PIXELS = 784
+BN_MOMENTUM = 0.2
+BN_EPS = 1e-2
+
+
+@dataclass(frozen=True)
+class Structure:
+    name: str
+    num_groups: int
+    hidden_layers: int  # per MLP (encoder groups and decoder)
+    width: int
+    num_latent: int  # default latent size N (RBM N/2 + N/2)
+
+
+STRUCTURES = {
+    s.name: s
+    for s in (
+        Structure("1-layer-lin", 1, 0, 200, 200),
+        Structure("1-layer-nonlin", 1, 2, 200, 200),
+        Structure("2-layer-nonlin", 2, 2, 200, 400),
+        Structure("4-layer-nonlin", 4, 2, 200, 400),
+    )
+}
+
+
+def get_structure(name: str) -> Structure:
+    if name not in STRUCTURES:
+        raise ValueError(f"unknown structure '{name}'; known: {', '.join(STRUCTURES)}")
+    return STRUCTURES[name]
+
+
+def init_dense(layer: nn.Linear) -> None:
+    """TF-1 variance_scaling_initializer defaults: truncated normal, std sqrt(2.6/fan_in)."""
+    sigma = math.sqrt(2.6 / layer.in_features)
+    nn.init.trunc_normal_(layer.weight, std=sigma, a=-2 * sigma, b=2 * sigma)
+    nn.init.zeros_(layer.bias)
+
+
+class MLP(nn.Sequential):
+    def __init__(self, in_features: int, out_features: int, hidden_layers: int, width: int):
+        layers: list[nn.Module] = []
+        size = in_features
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(size, width), nn.BatchNorm1d(width, eps=BN_EPS, momentum=BN_MOMENTUM), nn.Tanh()]
+            size = width
+        layers.append(nn.Linear(size, out_features))
+        super().__init__(*layers)
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                init_dense(layer)
+
+
+class Decoder(nn.Module):
+    """p(x|ζ): an MLP on all of ζ plus the fixed data-mean logit bias (pitfall 12)."""
+
+    def __init__(self, num_latent: int, hidden_layers: int, width: int, x_mean: torch.Tensor):
+        super().__init__()
+        self.net = MLP(num_latent, NUM_PIXELS, hidden_layers, width)
+        clipped = torch.as_tensor(x_mean, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
+        self.register_buffer("x_bias", torch.log(clipped) - torch.log1p(-clipped))
+
+    def forward(self, zeta: torch.Tensor) -> torch.Tensor:
+        return self.net(zeta) + self.x_bias
+
+
+class Encoder(nn.Module):
+    """Hierarchical q: group g's logits = MLP_g([x − x̄, ζ_1, …, ζ_{g−1}])."""
+
+    def __init__(self, num_groups: int, units: int, hidden_layers: int, width: int, heads: int,
+                 x_mean: torch.Tensor):
+        super().__init__()
+        self.units = units
+        self.groups = nn.ModuleList(
+            MLP(NUM_PIXELS + g * units, heads * units, hidden_layers, width) for g in range(num_groups)
+        )
+        self.register_buffer("x_mean", torch.as_tensor(x_mean, dtype=torch.float32).clone())
+
+    def group_output(self, g: int, x: torch.Tensor, previous: list[torch.Tensor]) -> torch.Tensor:
+        inputs = torch.cat([x - self.x_mean, *previous], dim=-1)
+        return self.groups[g](inputs)
