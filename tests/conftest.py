@@ -12,6 +12,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DVAEQ_DATA_DIR") or REPO.parent / "shared" / "data")
+# training tests read the real data through the library's own lookup ($DVAEQ_DATA_DIR)
+if (SHARED_DATA / "binarized_mnist.npz").is_file():
+    os.environ["DVAEQ_DATA_DIR"] = str(SHARED_DATA)
 
 
 @pytest.fixture(scope="session")
