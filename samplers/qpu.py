@@ -154,7 +154,8 @@ def _make_range_guard(child, policy: str):
             return self.child.parameters
 
         def sample(self, bqm, **kwargs):
-            bqm = bqm.change_vartype(dimod.SPIN, inplace=False)
+            if bqm.vartype is not dimod.SPIN:
+                bqm = bqm.change_vartype(dimod.SPIN, inplace=False)
             h, (row, col, j), offset = bqm.to_numpy_vectors()
             labels = list(bqm.variables)
             over_h = (h < self.h_range[0]) | (h > self.h_range[1])
@@ -362,8 +363,22 @@ class QPUSampler(Sampler):
                 f"sampler 'qpu': coupler {dead[0]} ({len(dead)} in all) of topology "
                 f"'{topo.name}' is absent on the solver"
             )
+        plan["label_array"] = np.asarray(plan["labels"], dtype=np.int64)
         self._plans[key] = plan
         return plan
+
+    def _fits_mask(self, model: BipartiteModel, plan: dict) -> bool:
+        """Whether the model's own mask lies within the topology's couplers (then so does W).
+        Checked once per mask tensor and version, since training passes the same buffer."""
+        mask = model.mask
+        if mask is None:
+            return False
+        key = (mask.data_ptr(), mask._version, tuple(mask.shape), str(mask.device))
+        if plan.get("verified_mask") != key:
+            if bool((mask.detach().cpu().numpy()[~plan["mask"]] != 0).any()):
+                return False
+            plan["verified_mask"] = key
+        return True
 
     def programmed_bqm(self, model: BipartiteModel):
         """The SPIN BQM sent for `model`: Ising form of β·E on the plan's labels, times 1/β_eff
@@ -373,19 +388,22 @@ class QPUSampler(Sampler):
         self._ensure_child()
         plan = self._plan(model)
         n_l = model.num_left
-        w = model.W.detach().cpu().double().numpy()
-        if plan["mask"] is not None and np.any(w[~plan["mask"]] != 0):
-            i, j = np.argwhere((w != 0) & ~plan["mask"])[0]
+        rows, cols = plan["rows"], plan["cols"]
+        w = model.W.detach()
+        # only the couplers' values are gathered: O(couplers), not O(n_left·n_right)
+        wv_t = w[torch.as_tensor(rows, device=w.device), torch.as_tensor(cols, device=w.device)]
+        if plan["mask"] is not None and not self._fits_mask(model, plan) \
+                and torch.count_nonzero(w) != torch.count_nonzero(wv_t):
+            outside = (w.cpu().numpy() != 0) & ~plan["mask"]
+            i, j = np.argwhere(outside)[0]
             raise QPUConfigError(
                 f"sampler 'qpu': the model couples units {i} and {n_l + j}, which have no coupler "
                 f"on topology '{self.topology.name}'; train with its coupling mask"
             )
+        wv = wv_t.cpu().double().numpy()
         a = torch.cat([model.a_left, model.a_right]).detach().cpu().double().numpy()
-        rows, cols = plan["rows"], plan["cols"]
-        wv = w[rows, cols]
-        field = np.zeros(model.num_units)
-        np.add.at(field, rows, wv)
-        np.add.at(field, cols + n_l, wv)
+        field = np.bincount(rows, weights=wv, minlength=model.num_units)
+        field += np.bincount(cols + n_l, weights=wv, minlength=model.num_units)
         scale = float(model.beta) / self.beta_eff
         h = -scale * (a / 2 + field / 4)
         quad = -scale * wv / 4
@@ -472,8 +490,13 @@ class QPUSampler(Sampler):
             retries += r
             calls += 1
             clipped = max(clipped, float(self._guard.clipped_fraction))
-            order = np.array([ss.variables.index(v) for v in plan["labels"]])
-            spins = np.repeat(ss.record.sample[:, order], ss.record.num_occurrences, axis=0)
+            spins = ss.record.sample
+            found = np.asarray(ss.variables, dtype=np.int64)
+            if not np.array_equal(found, plan["label_array"]):
+                pos = np.argsort(found)
+                spins = spins[:, pos[np.searchsorted(found[pos], plan["label_array"])]]
+            if np.any(ss.record.num_occurrences != 1):
+                spins = np.repeat(spins, ss.record.num_occurrences, axis=0)
             if len(spins) == 0:
                 raise QPUError("sampler 'qpu': the solver returned no samples "
                                "(chain_break_method 'discard' dropped them all?)")
@@ -511,7 +534,8 @@ class QPUSampler(Sampler):
             info.update(recalibrated=True, beta_eff_measured=est.beta,
                         beta_eff_stderr=est.stderr)
         self.info = info
-        return torch.from_numpy((spins.astype(np.float64) + 1.0) / 2.0)
+        z = (spins > 0).astype(np.float64 if model.dtype == torch.float64 else np.float32)
+        return torch.from_numpy(z).to(model.dtype)  # z = (s + 1) / 2
 
     # ---- temperature ----------------------------------------------------------------------
     def measure_beta_eff(self, num_bootstrap: int | None = None, seed: int | None = None):
