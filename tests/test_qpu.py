@@ -279,3 +279,35 @@ def test_solver_parameters_reach_the_child():
     assert seen["auto_scale"] is False and seen["answer_mode"] == "raw"
     assert seen["annealing_time"] == 50 and seen["num_reads"] == 100  # topology's num_reads
     assert seen["programming_thermalization"] == 1000  # topology default
+
+
+def test_dwave_sampler_is_built_once_on_first_sample(monkeypatch):
+    import dwave.system
+
+    built = []
+
+    def fake_dwave_sampler(**kwargs):
+        built.append(kwargs)
+        return thermal_mock("chimera_c4", seed=0)
+
+    monkeypatch.setattr(dwave.system, "DWaveSampler", fake_dwave_sampler)
+    sampler = samplers.get("qpu", topology="chimera_c4", client_config={"profile": "prod"})
+    assert built == []
+    model = _native_model("chimera_c4", 4, 4)
+    sampler.sample(model, 10)
+    sampler.sample(model, 10)
+    # the topology file's solver filter and the client config reach the constructor, once
+    assert built == [{"profile": "prod", "solver": {"topology__type": "chimera"}}]
+
+
+def test_missing_solver_is_one_line(monkeypatch):
+    import dwave.system
+    from dwave.cloud.exceptions import SolverNotFoundError
+
+    def no_solver(**kwargs):
+        raise SolverNotFoundError("Solver with the requested features not available")
+
+    monkeypatch.setattr(dwave.system, "DWaveSampler", no_solver)
+    sampler = samplers.get("qpu", topology="zephyr_z2", solver="Advantage2_nonexistent")
+    with pytest.raises(QPUConfigError, match="no available solver matches 'Advantage2_nonexistent'"):
+        sampler.sample(_native_model("zephyr_z2", 4, 4), 5)
