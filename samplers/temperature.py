@@ -10,8 +10,9 @@ p(s_i | s_−i) = σ(β·Δ_i(s)), and the pseudo-log-likelihood Σ_s Σ_i log �
 which is monotone decreasing in β (g' = −Σ Δ²σ(βΔ)σ(−βΔ) < 0), so the root is unique when it
 exists. This is the condition `dwave.system.temperatures.maximum_pseudolikelihood_temperature`
 solves (with T = 1/β); tests cross-check the two. Here it is solved by safeguarded Newton steps
-in log β, vectorised over bootstrap replicates (row resampling with replacement); the error bar
-is the bootstrap standard deviation.
+in log β over arrays of Δ. The error bar is the standard deviation of bootstrap replicates (rows
+resampled with replacement), each solved by one Newton step from β̂ — one pass over Δ for all
+replicates, so recalibrating a 5,640-qubit problem costs tens of milliseconds.
 
 **Units.** For a `BipartiteModel` the estimate is β̂ with samples ≈ exp(−β̂·E(z)), E the model's
 energy *without* its own `beta` (so exact samples of a model with beta=b give β̂ ≈ b). For a dimod
@@ -130,6 +131,27 @@ def _solve(delta: np.ndarray, weights: np.ndarray, beta0: float) -> np.ndarray:
     return np.where(edge, np.nan, out)
 
 
+def bootstrap_weights(num_samples: int, num_bootstrap: int, seed: int | None) -> np.ndarray:
+    """(num_bootstrap, num_samples) multiplicities of rows resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, num_samples, size=(num_bootstrap, num_samples))
+    weights = np.zeros((num_bootstrap, num_samples))
+    np.add.at(weights, (np.arange(num_bootstrap)[:, None], idx), 1.0)
+    return weights
+
+
+def _bootstrap(delta: np.ndarray, beta: float, weights: np.ndarray) -> np.ndarray:
+    """Bootstrap replicates of β̂ by one Newton step from the full-sample root (a linearised
+    bootstrap): g_b(β) ≈ g_b(β̂) + g_b'(β̂)(β − β̂), with g_b, g_b' weighted sums of per-sample
+    terms computed in one pass. The step's error is O((β_b − β̂)²), i.e. about stderr², far
+    below the spread it measures; tests compare it with fully re-solved replicates."""
+    s = expit(-beta * delta)
+    per_g = (delta * s).sum(1)
+    per_dg = -(delta * delta * s * (1 - s)).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return beta - (weights @ per_g) / (weights @ per_dg)
+
+
 def estimate_beta(model_or_bqm, samples, labels=None, *, num_bootstrap: int = 100,
                   seed: int | None = 0, beta_guess: float = 1.0) -> BetaEstimate:
     """β̂ of `samples` for a BipartiteModel or dimod BQM by maximum pseudo-likelihood.
@@ -152,11 +174,7 @@ def estimate_beta(model_or_bqm, samples, labels=None, *, num_bootstrap: int = 10
         )
     boot = np.empty(0)
     if num_bootstrap > 0:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, n, size=(num_bootstrap, n))
-        weights = np.zeros((num_bootstrap, n))
-        np.add.at(weights, (np.arange(num_bootstrap)[:, None], idx), 1.0)
-        boot = _solve(delta, weights, beta)
+        boot = _bootstrap(delta, beta, bootstrap_weights(n, num_bootstrap, seed))
     finite = boot[np.isfinite(boot)]
     stderr = float(np.std(finite, ddof=1)) if len(finite) >= 2 else math.nan
     return BetaEstimate(beta=beta, stderr=stderr, num_samples=n, bootstrap=tuple(boot.tolist()))

@@ -131,3 +131,14 @@ def test_calibrate_cli_report_on_thermal_mock():
     assert abs(result.beta_eff - 5.0) / 5.0 < 0.05
     assert math.isfinite(result.stderr)
     assert "QPU access time" in str(result)
+
+
+def test_linearised_bootstrap_matches_fully_resolved_replicates():
+    from samplers.temperature import _solve, bootstrap_weights
+
+    model = _small_model(seed=9, n_l=6, n_r=6, beta=1.2)
+    z = _exact_samples(model, 1500, seed=3)
+    est = estimate_beta(model, z, num_bootstrap=40, seed=11)
+    full = _solve(flip_costs(model, z), bootstrap_weights(1500, 40, 11), est.beta)
+    np.testing.assert_allclose(est.bootstrap, full, rtol=2e-3)
+    assert est.stderr == pytest.approx(np.std(full, ddof=1), rel=0.02)
