@@ -1,7 +1,7 @@
 """Client-side overhead of the qpu sampler per call, beside the QPU access time it buys.
 
 A Pegasus-P16-native RBM (2820+2820 units, 32,400 couplings; default) is sampled through the
-qpu backend with a structured child that returns 1,000 random raw reads at once, so the wall time
+qpu backend with a structured child that returns 1,000 raw reads at once, so the wall time
 outside the child is exactly what dvae-q adds per call: building the Ising problem from the
 model's arrays, scaling by 1/β_eff, the h/J range check, (un)embedding and converting the answer
 to a torch tensor ("backend"); the protocol call adds the base class's per-call diagnostics
@@ -19,8 +19,13 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
+
+# run as a script, bench/ is first on sys.path, where a sibling script (bench/samplers.py) would
+# shadow the `samplers` package
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import dimod
 import numpy as np
@@ -32,7 +37,7 @@ from samplers.qpu import estimate_access_time_us
 
 
 class InstantQPU(dimod.Sampler, dimod.Structured):
-    """Structured child returning random raw spins immediately; records its own wall time."""
+    """Structured child returning raw spins immediately; records its own wall time."""
 
     def __init__(self, topology):
         g = topologies.load(topology).graph()
@@ -50,8 +55,11 @@ class InstantQPU(dimod.Sampler, dimod.Structured):
 
     def sample(self, bqm, num_reads=1, **kwargs):
         start = time.perf_counter()
-        spins = self._rng.integers(0, 2, size=(num_reads, len(bqm.variables)), dtype=np.int8)
-        spins = 2 * spins - 1
+        # independent spins at the programmed fields (β = 5): cheap, and near enough to thermal
+        # that the recalibration timing below solves a realistic pseudo-likelihood problem
+        h = bqm.to_numpy_vectors()[0]
+        up = self._rng.random((num_reads, len(h))) < 1 / (1 + np.exp(10 * h))
+        spins = np.where(up, 1, -1).astype(np.int8)
         ss = dimod.SampleSet.from_samples((spins, list(bqm.variables)), dimod.SPIN,
                                           energy=np.zeros(num_reads))
         self.elapsed.append(time.perf_counter() - start)
@@ -99,14 +107,16 @@ def main() -> None:
         model.energy(z)  # what the base class computes for info['mean_energy']
         energies.append(time.perf_counter() - t0)
     # recalibration (recalibrate_every): pseudo-likelihood β_eff with 50 bootstrap replicates
-    # on the last call's 1,000 reads of the programmed problem (random spins here: only the
-    # cost is meaningful, so a failed estimate is fine)
-    t0 = time.perf_counter()
-    try:
-        sampler.measure_beta_eff(num_bootstrap=50, seed=0)
-    except ValueError:
-        pass
-    recal_s = time.perf_counter() - t0
+    # on the last call's 1,000 reads of the programmed problem (only the cost is meaningful)
+    recal = []
+    for _ in range(3):  # the first includes scipy.sparse's import
+        t0 = time.perf_counter()
+        try:
+            sampler.measure_beta_eff(num_bootstrap=50, seed=0)
+        except ValueError:
+            pass
+        recal.append(time.perf_counter() - t0)
+    recal_s = min(recal)
     child_full, child_backend = child.elapsed[0::2], child.elapsed[1::2]
     client = [w - c for w, c in zip(walls, child_full)]
     own = [w - c for w, c in zip(backend, child_backend)]
