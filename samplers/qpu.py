@@ -355,13 +355,14 @@ class QPUSampler(Sampler):
         if missing:
             raise QPUConfigError(
                 f"sampler 'qpu': qubit {missing[0]} ({len(missing)} in all) of topology "
-                f"'{topo.name}' is absent on the solver (dead qubit); use a smaller RBM region"
+                f"'{topo.name}' is absent on the solver (dead qubit); list the solver's missing qubits "
+                "under broken_qubits in the topology file"
             )
         dead = [p for p in pairs if frozenset(p) not in edges]
         if dead:
             raise QPUConfigError(
                 f"sampler 'qpu': coupler {dead[0]} ({len(dead)} in all) of topology "
-                f"'{topo.name}' is absent on the solver"
+                f"'{topo.name}' is absent on the solver; list it under broken_couplers in the topology file"
             )
         plan["label_array"] = np.asarray(plan["labels"], dtype=np.int64)
         self._plans[key] = plan

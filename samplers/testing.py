@@ -58,10 +58,13 @@ def thermal_mock(topology="chimera_c4", beta: float = 5.0, num_sweeps: int = 200
     from dwave.system.testing import MockDWaveSampler
 
     topo = topologies.load(topology)
+    graph = topo.mock_kwargs()  # the file's own broken qubits/couplers, plus any given here
+    if broken_nodes:
+        graph["broken_nodes"] = (graph["broken_nodes"] or []) + list(broken_nodes)
+    if broken_edges:
+        graph["broken_edges"] = (graph["broken_edges"] or []) + [list(e) for e in broken_edges]
     return MockDWaveSampler(
-        **topo.mock_kwargs(),
-        broken_nodes=broken_nodes,
-        broken_edges=broken_edges,
+        **graph,
         substitute_sampler=FixedBetaGibbs(beta, num_sweeps, seed),
         parameter_warnings=False,
     )

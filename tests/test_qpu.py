@@ -311,3 +311,14 @@ def test_missing_solver_is_one_line(monkeypatch):
     sampler = samplers.get("qpu", topology="zephyr_z2", solver="Advantage2_nonexistent")
     with pytest.raises(QPUConfigError, match="no available solver matches 'Advantage2_nonexistent'"):
         sampler.sample(_native_model("zephyr_z2", 4, 4), 5)
+
+
+def test_topology_with_broken_qubits_samples_on_a_matching_chip(tmp_path):
+    left, _, _ = topologies.load("chimera_c4").native_rbm(4, 4)
+    path = tmp_path / "c4_broken.yaml"
+    path.write_text("family: chimera\nshape: [4, 4, 4]\nmode: native\nqpu: {beta_eff: 4.0}\n"
+                    f"broken_qubits: [{left[0]}]\n")
+    sampler = samplers.get("qpu", topology=str(path), child_sampler="samplers.testing:thermal_mock",
+                           num_reads=20)
+    z = sampler.sample(_native_model(str(path), 4, 4), 20)
+    assert z.shape == (20, 8)

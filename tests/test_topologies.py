@@ -139,3 +139,25 @@ def test_rbm_larger_than_hardware_is_an_error(tmp_path):
         topologies.load(_embedded_file(tmp_path)).embedding(60, 60, cache_dir=tmp_path)
     with pytest.raises(TopologyError, match="unknown topology 'nowhere'"):
         topologies.load("nowhere")
+
+
+def test_broken_qubits_and_couplers_are_avoided(tmp_path):
+    full = topologies.load("chimera_c4")
+    left, right, _ = full.native_rbm()
+    path = tmp_path / "c4_broken.yaml"
+    path.write_text("family: chimera\nshape: [4, 4, 4]\nmode: native\n"
+                    f"broken_qubits: [{left[0]}]\nbroken_couplers: [[{left[1]}, {right[0]}]]\n")
+    topo = topologies.load(path)
+    b_left, b_right, mask = topo.native_rbm(20, 20)
+    assert left[0] not in b_left
+    if left[1] in b_left and right[0] in b_right:
+        assert mask[b_left.index(left[1]), b_right.index(right[0])] == 0
+    assert topo.graph().number_of_nodes() == 127
+    emb_topo = tmp_path / "z2_broken.yaml"
+    emb_topo.write_text("family: zephyr\nshape: [2, 4]\nmode: embedded\nbroken_qubits: [0, 1]\n")
+    emb = topologies.load(emb_topo).embedding(8, 8, cache_dir=tmp_path)
+    assert not {0, 1} & {q for chain in emb.values() for q in chain}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("family: chimera\nshape: [4]\nmode: native\nbroken_qubits: [100000]\n")
+    with pytest.raises(TopologyError, match="broken 100000 is not in"):
+        topologies.load(bad)

@@ -29,7 +29,15 @@ def cache_root(cache_dir=None) -> Path:
 
 def cache_path(topology: Topology, num_left: int, num_right: int, cache_dir=None) -> Path:
     shape = "x".join(map(str, topology.shape))
-    file = f"{topology.name}-{topology.family}{shape}-{topology.embedder}-K{num_left}x{num_right}.json"
+    broken = ""
+    if topology.broken_qubits or topology.broken_couplers:
+        import hashlib
+
+        # a different set of broken qubits is a different graph: a different cache entry
+        text = repr((topology.broken_qubits, topology.broken_couplers)).encode()
+        broken = "-b" + hashlib.sha256(text).hexdigest()[:12]
+    file = (f"{topology.name}-{topology.family}{shape}{broken}-{topology.embedder}"
+            f"-K{num_left}x{num_right}.json")
     return cache_root(cache_dir) / "embeddings" / file
 
 

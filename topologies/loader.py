@@ -7,6 +7,8 @@ A topology file names a hardware graph family and shape (the graph itself comes 
     shape: [16]              # chimera [m] | [m, n] | [m, n, t]; pegasus [m]; zephyr [m] | [m, t]
     mode: native             # native | embedded | dense
     embedder: biclique       # embedded mode only: biclique (constructive) | minorminer
+    broken_qubits: [17, 301] # optional: qubits absent on the target chip (from its nodelist)
+    broken_couplers: [[5, 9]] # optional: couplers absent on the target chip
     description: free text
     qpu:                     # defaults for `samplers.get("qpu", topology=...)`
       solver: {topology__type: pegasus}   # a solver name or a feature filter; null: client default
@@ -44,7 +46,8 @@ HERE = Path(__file__).resolve().parent
 FAMILIES = ("chimera", "pegasus", "zephyr")
 MODES = ("native", "embedded", "dense")
 EMBEDDERS = ("biclique", "minorminer")
-TOP_KEYS = ("name", "description", "family", "shape", "mode", "embedder", "qpu")
+TOP_KEYS = ("name", "description", "family", "shape", "mode", "embedder", "qpu",
+            "broken_qubits", "broken_couplers")
 CHAIN_BREAK_METHODS = ("majority_vote", "discard", "weighted_random")
 
 
@@ -96,16 +99,18 @@ class Topology:
     description: str = ""
     qpu: types.MappingProxyType = field(default_factory=lambda: types.MappingProxyType({}))
     source: str = ""
+    broken_qubits: tuple[int, ...] = ()                 # absent on the target chip
+    broken_couplers: tuple[tuple[int, int], ...] = ()
 
     def graph(self):
         """The perfect-yield hardware graph (networkx, integer labels). Shared: do not mutate."""
         if self.family is None:
             raise TopologyError(f"topology '{self.name}' is dense and has no hardware graph")
-        return _graph(self.family, self.shape)
+        return _graph(self.family, self.shape, self.broken_qubits, self.broken_couplers)
 
     def bipartite_sides(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """All qubits of the two sides of the native bipartite subgraph, sorted by label."""
-        return _bipartite(self.family, self.shape)[:2]
+        return _bipartite(self.family, self.shape, self.broken_qubits, self.broken_couplers)[:2]
 
     def native_rbm(self, num_left: int | None = None, num_right: int | None = None):
         """(left_qubits, right_qubits, mask) of a native RBM; mask is (n_left, n_right) float32.
@@ -115,7 +120,8 @@ class Topology:
         """
         if self.mode != "native":
             raise TopologyError(f"topology '{self.name}' is {self.mode}, not native")
-        left, right, mask = _native(self.name, self.family, self.shape, num_left, num_right)
+        left, right, mask = _native(self.name, self.family, self.shape, self.broken_qubits,
+                                    self.broken_couplers, num_left, num_right)
         return list(left), list(right), torch.from_numpy(mask.copy())
 
     def coupling_mask(self, num_left: int, num_right: int) -> torch.Tensor | None:
@@ -143,26 +149,32 @@ class Topology:
         """Keyword arguments that make a MockDWaveSampler of this hardware graph."""
         if self.family is None:
             raise TopologyError(f"topology '{self.name}' is dense; no QPU can sample it")
-        return {"topology_type": self.family, "topology_shape": list(self.shape)}
+        return {"topology_type": self.family, "topology_shape": list(self.shape),
+                "broken_nodes": list(self.broken_qubits) or None,
+                "broken_edges": [list(e) for e in self.broken_couplers] or None}
 
 
 @lru_cache(maxsize=8)
-def _graph(family: str, shape: tuple[int, ...]):
+def _graph(family: str, shape: tuple[int, ...], broken_qubits=(), broken_couplers=()):
     import dwave.graphs as dg
 
     if family == "chimera":
-        return dg.chimera_graph(*shape)
-    if family == "pegasus":
-        return dg.pegasus_graph(shape[0])
-    return dg.zephyr_graph(*shape)
+        g = dg.chimera_graph(*shape)
+    elif family == "pegasus":
+        g = dg.pegasus_graph(shape[0])
+    else:
+        g = dg.zephyr_graph(*shape)
+    g.remove_edges_from(broken_couplers)
+    g.remove_nodes_from(broken_qubits)
+    return g
 
 
 @lru_cache(maxsize=8)
-def _bipartite(family: str, shape: tuple[int, ...]):
+def _bipartite(family: str, shape: tuple[int, ...], broken_qubits=(), broken_couplers=()):
     """(side-0 qubits, side-1 qubits, bipartite edge array (E, 2) as (side 0, side 1))."""
     import dwave.graphs as dg
 
-    g = _graph(family, shape)
+    g = _graph(family, shape, broken_qubits, broken_couplers)
     if family == "chimera":
         side = {q: dg.chimera_two_color(d["chimera_index"]) for q, d in g.nodes(data=True)}
     else:
@@ -177,8 +189,8 @@ def _bipartite(family: str, shape: tuple[int, ...]):
 
 
 @lru_cache(maxsize=16)
-def _native(name, family, shape, num_left, num_right):
-    left_all, right_all, edges = _bipartite(family, shape)
+def _native(name, family, shape, broken_qubits, broken_couplers, num_left, num_right):
+    left_all, right_all, edges = _bipartite(family, shape, broken_qubits, broken_couplers)
     n_l = len(left_all) if num_left is None else num_left
     n_r = len(right_all) if num_right is None else num_right
     if n_l < 1 or n_r < 1:
@@ -228,6 +240,10 @@ def _grow_region(name, left_all, edges, n_l, n_r):
             f"(reached {len(taken[True])}+{len(taken[False])}); use more balanced sides"
         )
     return sorted(taken[True]), sorted(taken[False])
+
+
+def _label(q) -> bool:
+    return isinstance(q, int) and not isinstance(q, bool) and q >= 0
 
 
 def known() -> list[str]:
@@ -298,6 +314,22 @@ def load(path_or_name) -> Topology:
         if value is not None and not check(value):
             raise TopologyError(f"{where}: qpu.{key} = {value!r} must be {doc}")
 
+    broken_qubits = data.get("broken_qubits") or []
+    broken_couplers = data.get("broken_couplers") or []
+    if (broken_qubits or broken_couplers) and mode == "dense":
+        raise TopologyError(f"{where}: a dense topology has no qubits to mark broken")
+    if not (isinstance(broken_qubits, list) and all(_label(q) for q in broken_qubits)):
+        raise TopologyError(f"{where}: broken_qubits must be a list of qubit labels (integers)")
+    if not (isinstance(broken_couplers, list) and all(
+            isinstance(c, list) and len(c) == 2 and all(map(_label, c)) for c in broken_couplers)):
+        raise TopologyError(f"{where}: broken_couplers must be a list of [qubit, qubit] pairs")
+    if broken_qubits or broken_couplers:
+        full = _graph(family, shape)
+        missing = [q for q in broken_qubits if q not in full] + \
+            [c for c in broken_couplers if not full.has_edge(*c)]
+        if missing:
+            raise TopologyError(f"{where}: broken {missing[0]} is not in {family}{list(shape)}")
+
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise TopologyError(f"{where}: 'name' must be a non-empty string")
@@ -310,4 +342,6 @@ def load(path_or_name) -> Topology:
         description=str(data.get("description", "")),
         qpu=types.MappingProxyType(dict(qpu)),
         source=str(path),
+        broken_qubits=tuple(sorted(broken_qubits)),
+        broken_couplers=tuple(sorted(tuple(sorted(c)) for c in broken_couplers)),
     )
