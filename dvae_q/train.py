@@ -287,9 +287,16 @@ def train(
             group["lr"], group["eps"] = lr, eps
 
         # --- negative phase: samples of the current prior, from whichever sampler this is ---
-        negatives = sampler.sample(
-            model.prior.snapshot(), cfg.num_negative_samples, device=parts.device
-        )
+        try:
+            negatives = sampler.sample(
+                model.prior.snapshot(), cfg.num_negative_samples, device=parts.device
+            )
+        except RuntimeError as exc:  # cloud failures after retries, out of memory, ...
+            bar.close()
+            raise RunFailure(
+                f"sampler '{cfg.sampler}' failed at step {step} ({type(exc).__name__}: {exc}); "
+                f"the last good checkpoint is {last_path}"
+            ) from exc
 
         # --- forward, backward, step ---
         x = next(parts.batches)

@@ -217,3 +217,43 @@ def test_training_with_the_qpu_sampler_against_the_thermal_mock(tmp_path):
     assert torch.equal(mask, torch.as_tensor(expected, dtype=mask.dtype))
     # the mock enforces the hardware graph: any coupling off the mask would have raised
     assert 0 < float(mask.mean()) < 1
+
+
+def test_sampler_failure_is_a_runtime_failure_with_the_checkpoint(tmp_path, monkeypatch, capsys):
+    """A sampler that fails mid-run (e.g. the cloud after its retries) exits 1, one message,
+    naming the last good checkpoint, which stays loadable."""
+    from samplers.gibbs import GibbsSampler
+
+    calls = {"n": 0}
+    original = GibbsSampler._sample
+
+    def flaky(self, model, num_samples):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise RuntimeError("solver went away")
+        return original(self, model, num_samples)
+
+    monkeypatch.setattr(GibbsSampler, "_sample", flaky)
+    run = tmp_path / "run"
+    code = main(["train", "--config", SMOKE, "--run-dir", str(run), "--quiet",
+                 "--set", "checkpoint_every=5", "--set", "eval_every=100"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert "solver went away" in err and "checkpoint_last.pt" in err
+    assert checkpoint.load(run / "checkpoint_last.pt")["step"] == 10
+
+
+def test_calibrate_command(capsys, monkeypatch, tmp_path):
+    assert main(["calibrate", "--topology", "chimera_c4", "--num-reads", "300",
+                 "--child-sampler", "samplers.testing:thermal_mock"]) == 0
+    out = capsys.readouterr().out
+    beta = float(out.split("beta_eff:")[1].split("±")[0])
+    assert abs(beta - 5.0) / 5.0 < 0.05  # the thermal mock's true β_eff is 5
+    assert "chain-break fraction" in out and "QPU access time" in out
+    # no token anywhere: one line, exit 2, before any network use
+    monkeypatch.delenv("DWAVE_API_TOKEN", raising=False)
+    empty = tmp_path / "dwave.conf"
+    empty.write_text("")
+    monkeypatch.setenv("DWAVE_CONFIG_FILE", str(empty))
+    err = _one_line_error(capsys, ["calibrate", "--topology", "chimera_c4", "--num-reads", "10"])
+    assert "token" in err
