@@ -87,15 +87,19 @@ class Sampler:
         import time
 
         start = time.perf_counter()
+        self.info = {}
         z = self._sample(model, num_samples)
         z = z.to(device=device, dtype=dtype)
-        with torch.no_grad():
-            energy = model.energy(z.to(model.device, model.dtype))
+        if "mean_energy" not in self.info:
+            # a backend that already has the energies (e.g. from a dimod SampleSet) sets it;
+            # for the others one (samples × n_L × n_R) product is cheap next to the sweeps
+            with torch.no_grad():
+                energy = model.energy(z.to(model.device, model.dtype))
+            self.info["mean_energy"] = float(energy.mean())
         self.info.update(
             time_s=time.perf_counter() - start,
             beta=float(model.beta),
             num_samples=num_samples,
-            mean_energy=float(energy.mean()),
         )
         return z
 
