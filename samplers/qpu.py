@@ -528,13 +528,6 @@ class QPUSampler(Sampler):
             "clipped_fraction": clipped,
             "recalibrated": False,
         }
-        if model.beta > 0:
-            # the model's mean energy from the programmed problem's energies (C speed), which
-            # spares the protocol a dense (reads × n_L × n_R) product on large chips:
-            # β_eff·E_prog = β·E − offset, offset = −β(Σa/2 + ΣW/4) (ocean_notes §2)
-            e_prog = bqm.energies((spins, plan["labels"]))
-            offset = float(torch.cat([model.a_left, model.a_right]).sum()) / 2 + float(model.W.sum()) / 4
-            info["mean_energy"] = float(e_prog.mean()) * used / float(model.beta) - offset
         every = self.options["recalibrate_every"]
         if every and self.calls % every == 0:
             est = self.measure_beta_eff()

@@ -322,23 +322,3 @@ def test_topology_with_broken_qubits_samples_on_a_matching_chip(tmp_path):
                            num_reads=20)
     z = sampler.sample(_native_model(str(path), 4, 4), 20)
     assert z.shape == (20, 8)
-
-
-def test_qpu_mean_energy_comes_from_the_programmed_energies():
-    """The backend supplies info['mean_energy'] from dimod's energies; it must equal the model's
-    own E(z) averaged over the returned samples, at any β and β_eff."""
-    import torch
-
-    import samplers
-    import topologies
-    from samplers.testing import thermal_mock
-
-    mask = topologies.load("chimera_c4").coupling_mask(16, 16)
-    gen = torch.Generator().manual_seed(0)
-    model = samplers.BipartiteModel(torch.randn(16, generator=gen) * 0.3,
-                                    torch.randn(16, generator=gen) * 0.3,
-                                    torch.randn(16, 16, generator=gen) * 0.5, mask, beta=1.5)
-    qpu = samplers.get("qpu", topology="chimera_c4", beta_eff=4.0, seed=0,
-                       child_sampler=thermal_mock("chimera_c4", beta=5.0, seed=0))
-    z = qpu.sample(model, 300)
-    assert qpu.info["mean_energy"] == pytest.approx(float(model.energy(z).mean()), abs=1e-5)
