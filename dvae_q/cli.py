@@ -129,7 +129,7 @@ def _print_results(results: dict, run_dir: Path) -> None:
 
 
 def _cmd_train(args) -> int:
-    from dvae_q.config import config_from_dict, load_config
+    from dvae_q.config import config_from_dict
 
     quiet = args.quiet or bool(os.environ.get("CI"))
     if args.resume:
@@ -159,10 +159,10 @@ def _cmd_train(args) -> int:
 
 
 def _load_run(run_dir: Path, which: str = "best"):
-    """Rebuild a run's model from its directory; returns (parts, checkpoint state)."""
+    """A run's resolved config, its best (or last) checkpoint and that checkpoint's path."""
     import yaml
 
-    from dvae_q import checkpoint, train
+    from dvae_q import checkpoint
     from dvae_q.config import config_from_dict
 
     cfg_file = run_dir / "config.yaml"

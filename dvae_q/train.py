@@ -22,10 +22,10 @@ import yaml
 
 import samplers
 from dvae_q import checkpoint, data, figures, logz, methods, networks
+from dvae_q import metrics as metrics_file
 from dvae_q.config import Config
 from dvae_q.errors import BadInput, RunFailure
 from dvae_q.evaluate import evaluate_nll
-from dvae_q.metrics import MetricsWriter
 from dvae_q.model import DVAE, parameter_groups
 from dvae_q.schedule import kl_weight, learning_rate, torch_adam_eps
 
@@ -260,7 +260,7 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run_dir / "config.yaml")
         start, best_valid, wall, log_z_est = 0, math.inf, 0.0, None
-    metrics = MetricsWriter(run_dir / "metrics.csv", resume_step=start if resume else None)
+    metrics = metrics_file.MetricsWriter(run_dir / "metrics.csv", resume_step=start if resume else None)
 
     def snapshot(step: int) -> dict:
         return _state(
@@ -364,9 +364,7 @@ def finish(parts: Parts, run_dir: Path, wall_time_s: float) -> dict:
     if "test" in counts:
         counts["test"] = cfg.final_iw_samples
     scores = evaluate_splits(parts, counts, est.log_z)
-    from dvae_q import metrics as metrics_mod
-
-    figures.save_curves(metrics_mod.read(run_dir / "metrics.csv"), run_dir / "curves.png")
+    figures.save_curves(metrics_file.read(run_dir / "metrics.csv"), run_dir / "curves.png")
     results = {
         "dataset": cfg.dataset,
         "dataset_variant": data.dataset_variant(cfg.dataset),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -87,8 +88,6 @@ class Sampler:
         dtype = dtype or model.dtype
         if not dtype.is_floating_point:
             raise ValueError(f"samples are returned as a floating dtype, not {dtype}")
-        import time
-
         start = time.perf_counter()
         self.info = {}
         z = self._sample(model, num_samples)

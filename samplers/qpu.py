@@ -474,7 +474,7 @@ class QPUSampler(Sampler):
                      "chain_break_fraction": True}
             if self.chain_strength is not None:
                 extra["chain_strength"] = float(self.chain_strength)
-        blocks, qubit_blocks, breaks = [], [], []
+        blocks, breaks = [], []
         timing: dict = {}
         retries, clipped, calls = 0, 0.0, 0
         total = 0

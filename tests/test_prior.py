@@ -1,7 +1,6 @@
 """The RBM prior: energy, snapshot, negative-phase surrogate, mean field, Gaussian integral."""
 
 import itertools
-import math
 
 import numpy as np
 import pytest

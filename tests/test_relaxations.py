@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import integrate, optimize, special, stats
+from scipy import integrate, optimize, stats
 
 from dvae_q import gaussian_integral as gi
 from dvae_q import relaxations

@@ -6,31 +6,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from dvae_q import checkpoint, metrics, train
 from dvae_q.cli import main
-from dvae_q.config import load_config
+from dvae_q.config import METHODS, load_config
 from dvae_q.errors import RunFailure
 
 SMOKE = "smoke"
-METHODS = (
-    "dvae_spike_exp",
-    "dvaepp_exp",
-    "dvaepp_power",
-    "dvaes_gi",
-    "dvaes_gauss",
-    "dvaes_exp",
-    "dvaes_unexp",
-    "dvaes_power",
-)
-
-
-def _params(state):
-    return {k: v for k, v in state["model"].items()}
 
 
 def test_short_training_lowers_the_validation_bound(tmp_path):
