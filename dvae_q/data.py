@@ -18,7 +18,7 @@ Public API
 
 Where the files are: the ``data_dir`` argument, else ``$DVAEQ_DATA_DIR``, else
 ``<cache>/data`` with ``<cache>`` = ``$DVAEQ_CACHE_DIR`` or ``$XDG_CACHE_HOME/dvae-q`` or
-``~/.cache/dvae-q``. Content hashes are checked on first load and the verdict is cached.
+``~/.cache/dvae-q``, and, failing that, ``../shared/data`` beside a development checkout. Content hashes are checked on first load and the verdict is cached.
 """
 
 from __future__ import annotations
@@ -110,13 +110,27 @@ def _check_name(name: str, split: str | None = None) -> None:
         raise DataError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
 
 
+# a development checkout sits beside the project's shared/ folder, which holds the real data
+CHECKOUT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _candidate_folders(data_dir) -> list[Path]:
+    """Where to look: an explicit folder or $DVAEQ_DATA_DIR alone; otherwise the cache, then
+    the checkout's ../shared/data."""
+    if data_dir is not None or os.environ.get("DVAEQ_DATA_DIR"):
+        return [resolve_data_dir(data_dir)]
+    return [resolve_data_dir(None), CHECKOUT_DATA]
+
+
 def find_source(name: str, data_dir: str | os.PathLike | None = None) -> tuple[Source, Path]:
     """The first complete storage of `name` in the data folder, or a DataError saying what to do."""
     _check_name(name)
-    folder = resolve_data_dir(data_dir)
-    for source in SOURCES[name]:
-        if all((folder / f).is_file() for f in source.files):
-            return source, folder
+    folders = _candidate_folders(data_dir)
+    for folder in folders:
+        for source in SOURCES[name]:
+            if all((folder / f).is_file() for f in source.files):
+                return source, folder
+    folder = folders[0]
     wanted = " or ".join("+".join(s.files) for s in SOURCES[name])
     raise DataError(
         f"dataset '{name}' not found in {folder} (looked for {wanted}); set DVAEQ_DATA_DIR to "

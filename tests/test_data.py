@@ -280,3 +280,17 @@ def test_console_script_exit_status(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("dvae-q: error:") and proc.stderr.count("\n") == 1
+
+
+def test_checkout_sibling_data_is_the_last_resort(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVAEQ_DATA_DIR", raising=False)
+    monkeypatch.setenv("DVAEQ_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(data, "CHECKOUT_DATA", tmp_path / "shared")
+    with pytest.raises(data.DataError, match="empty-cache"):
+        data.find_source("binarized_mnist")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "binarized_mnist.npz").write_bytes(b"")
+    assert data.find_source("binarized_mnist")[1] == tmp_path / "shared"
+    # an explicit folder is used alone
+    with pytest.raises(data.DataError):
+        data.find_source("binarized_mnist", tmp_path / "elsewhere")
