@@ -94,7 +94,10 @@ class Config:
         default=None, metadata={"doc": "hardware topology name or YAML path; null: dense RBM"}
     )
     # --- evaluation (spec §7) ---
-    eval_every: int = field(default=20_000, metadata={"check": _positive})
+    eval_every: int | None = field(
+        default=None,
+        metadata={"check": _positive, "doc": "null: 20,000 steps, or 10,000 when steps ≤ 100,000"},
+    )
     eval_iw_samples: int = field(default=100, metadata={"check": _positive})
     final_iw_samples: int = field(default=4000, metadata={"check": _positive})
     eval_batch_size: int = field(default=1000, metadata={"check": _positive})
@@ -171,6 +174,8 @@ def _check_value(key: str, value: Any) -> Any:
 
 
 def _check_consistency(cfg: Config) -> None:
+    if cfg.eval_every is None:  # spec §7: every 20k steps, every 10k for runs of ≤ 100k steps
+        cfg.eval_every = 10_000 if cfg.steps <= 100_000 else 20_000
     if len(cfg.lr_factors) != len(cfg.lr_boundaries) + 1:
         raise BadInput("config key 'lr_factors' must have one entry more than 'lr_boundaries'")
     if sorted(cfg.lr_boundaries) != cfg.lr_boundaries or not all(

@@ -15,7 +15,10 @@ def test_defaults_follow_the_spec():
     assert (cfg.steps, cfg.batch_size, cfg.learning_rate) == (1_000_000, 100, 3e-3)
     assert cfg.num_negative_samples == 1000
     assert cfg.sampler_options["gibbs"] == {"num_chains": 1000, "sweeps": 40}
-    assert (cfg.eval_every, cfg.eval_iw_samples, cfg.final_iw_samples) == (20_000, 100, 4000)
+    assert (cfg.eval_iw_samples, cfg.final_iw_samples) == (100, 4000)
+    assert load_config(None).eval_every == 20_000
+    assert load_config(None, ["steps=100000"]).eval_every == 10_000
+    assert load_config(None, ["steps=100000", "eval_every=500"]).eval_every == 500
     assert (cfg.ais_num_temps, cfg.ais_num_chains) == (1000, 1024)
     assert cfg.weight_decay == 1e-4 and cfg.kl_warmup_fraction == 0.3
 
