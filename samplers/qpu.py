@@ -530,10 +530,18 @@ class QPUSampler(Sampler):
         }
         every = self.options["recalibrate_every"]
         if every and self.calls % every == 0:
-            est = self.measure_beta_eff()
-            self.set_beta_eff(est.beta)
-            info.update(recalibrated=True, beta_eff_measured=est.beta,
-                        beta_eff_stderr=est.stderr)
+            from samplers.temperature import TemperatureEstimationError
+
+            try:
+                est = self.measure_beta_eff()
+            except TemperatureEstimationError as exc:
+                # a prior with (near) zero fields, as at the start of training, carries no
+                # temperature information: keep β_eff and say so in the call's info
+                info["recalibration_skipped"] = str(exc)
+            else:
+                self.set_beta_eff(est.beta)
+                info.update(recalibrated=True, beta_eff_measured=est.beta,
+                            beta_eff_stderr=est.stderr)
         self.info = info
         z = (spins > 0).astype(np.float64 if model.dtype == torch.float64 else np.float32)
         return torch.from_numpy(z).to(model.dtype)  # z = (s + 1) / 2

@@ -322,3 +322,20 @@ def test_topology_with_broken_qubits_samples_on_a_matching_chip(tmp_path):
                            num_reads=20)
     z = sampler.sample(_native_model(str(path), 4, 4), 20)
     assert z.shape == (20, 8)
+
+
+def test_recalibration_on_an_uninformative_prior_keeps_beta_eff_and_says_so():
+    """At zero parameters (the first training steps) no β can be estimated: the call succeeds,
+    β_eff is kept and info records the skipped update instead of stopping the run."""
+    import torch
+
+    import samplers
+    from samplers.testing import thermal_mock
+
+    zero = samplers.BipartiteModel(torch.zeros(8), torch.zeros(8), torch.zeros(8, 8))
+    qpu = samplers.get("qpu", topology="chimera_c4", beta_eff=3.0, recalibrate_every=1, seed=0,
+                       child_sampler=thermal_mock("chimera_c4", beta=5.0, seed=0))
+    z = qpu.sample(zero, 50)
+    assert z.shape == (50, 16)
+    assert qpu.info["beta_eff"] == 3.0 and not qpu.info["recalibrated"]
+    assert "recalibration_skipped" in qpu.info
