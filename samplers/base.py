@@ -57,6 +57,19 @@ def fraction(v) -> bool:
     return 0 <= v <= 1
 
 
+SEED = Option(None, (int,), non_negative, "seed >= 0", nullable=True)
+
+
+def seeded_generator(device: torch.device | str, seed: int | None) -> torch.Generator:
+    """A torch.Generator on `device`, seeded with `seed`, or from OS entropy when it is None."""
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
 class Sampler:
     """Base class of all backends. Subclasses set `name`, `parameters` and implement `_sample`."""
 

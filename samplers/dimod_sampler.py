@@ -16,7 +16,7 @@ import importlib
 import numpy as np
 import torch
 
-from samplers.base import Option, Sampler, SamplerOptionError
+from samplers.base import SEED, Option, Sampler, SamplerOptionError
 from samplers.model import BipartiteModel
 
 
@@ -41,7 +41,7 @@ class DimodSampler(Sampler):
                           "dimod sampler instance or import path"),
         "sample_kwargs": Option({}, (dict,), None, "extra keyword arguments for .sample()"),
         "boltzmann": Option(False, (bool,), None, "declare the sampler a Boltzmann sampler"),
-        "seed": Option(None, (int,), lambda v: v >= 0, "seed >= 0", nullable=True),
+        "seed": SEED,
     }
 
     def __init__(self, **options):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from samplers.base import Option, Sampler
+from samplers.base import SEED, Sampler, seeded_generator
 from samplers.model import BipartiteModel
 
 MAX_ENUMERATED = 20
@@ -47,16 +47,12 @@ def side_marginal_logits(model: BipartiteModel, chunk: int = 1 << 14):
 class ExactSampler(Sampler):
     name = "exact"
     parameters = {
-        "seed": Option(None, (int,), lambda v: v >= 0, "seed >= 0", nullable=True),
+        "seed": SEED,
     }
 
     def __init__(self, **options):
         super().__init__(**options)
-        self._generator = torch.Generator()
-        if self.options["seed"] is None:
-            self._generator.seed()
-        else:
-            self._generator.manual_seed(self.options["seed"])
+        self._generator = seeded_generator("cpu", self.options["seed"])
 
     def _sample(self, model: BipartiteModel, num_samples: int) -> torch.Tensor:
         states, logits, left_small = side_marginal_logits(model.to(device="cpu"))

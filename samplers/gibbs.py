@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from samplers.base import Option, Sampler, positive
+from samplers.base import SEED, Option, Sampler, positive, seeded_generator
 from samplers.model import BipartiteModel
 
 
@@ -44,7 +44,7 @@ class GibbsSampler(Sampler):
         "num_chains": Option(1000, (int,), positive, "persistent chains, > 0"),
         "sweeps": Option(40, (int,), positive, "sweeps per call before reading, > 0"),
         "thin": Option(1, (int,), positive, "sweeps between successive read-outs, > 0"),
-        "seed": Option(None, (int,), lambda v: v >= 0, "seed >= 0", nullable=True),
+        "seed": SEED,
         "device": Option(None, (str,), None, "where chains live; null: the model's device",
                          nullable=True),
     }
@@ -60,13 +60,7 @@ class GibbsSampler(Sampler):
 
     def _ensure(self, model: BipartiteModel, device: torch.device) -> None:
         if self._generator is None or self._generator.device.type != device.type:
-            gen = torch.Generator(device=device)
-            seed = self.options["seed"]
-            if seed is None:
-                gen.seed()
-            else:
-                gen.manual_seed(seed)
-            self._generator = gen
+            self._generator = seeded_generator(device, self.options["seed"])
         c = self.options["num_chains"]
         if (
             self._chains is None

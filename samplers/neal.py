@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from samplers.base import Option, Sampler, positive
+from samplers.base import SEED, Option, Sampler, positive
 from samplers.model import BipartiteModel
 
 
@@ -46,7 +46,7 @@ class NealSampler(Sampler):
         "beta_start": Option(0.1, (int, float), lambda v: 0 < v <= 1,
                              "first β of the schedule relative to the model's, in (0, 1]"),
         "persistent": Option(False, (bool,), None, "start reads from the last call's states"),
-        "seed": Option(None, (int,), lambda v: v >= 0, "seed >= 0", nullable=True),
+        "seed": SEED,
     }
 
     def __init__(self, **options):

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from samplers.base import Option, Sampler, positive
+from samplers.base import SEED, Option, Sampler, positive, seeded_generator
 from samplers.gibbs import gibbs_sweeps
 from samplers.model import BipartiteModel
 
@@ -38,7 +38,7 @@ class PopulationAnnealingSampler(Sampler):
         "num_particles": Option(1000, (int,), positive, "population size, > 0"),
         "num_betas": Option(40, (int,), positive, "annealing steps from 0 to β, > 0"),
         "sweeps_per_beta": Option(1, (int,), positive, "Gibbs sweeps after each step, > 0"),
-        "seed": Option(None, (int,), lambda v: v >= 0, "seed >= 0", nullable=True),
+        "seed": SEED,
     }
 
     def __init__(self, **options):
@@ -47,11 +47,7 @@ class PopulationAnnealingSampler(Sampler):
 
     def _gen(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device.type != device.type:
-            self._generator = torch.Generator(device=device)
-            if self.options["seed"] is None:
-                self._generator.seed()
-            else:
-                self._generator.manual_seed(self.options["seed"])
+            self._generator = seeded_generator(device, self.options["seed"])
         return self._generator
 
     def anneal(self, model: BipartiteModel) -> tuple[torch.Tensor, float, float]:

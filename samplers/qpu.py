@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 import topologies
-from samplers.base import Option, Sampler, SamplerOptionError, non_negative, positive
+from samplers.base import SEED, Option, Sampler, SamplerOptionError, non_negative, positive
 from samplers.model import BipartiteModel
 
 # Solver parameters this backend sets itself; anything else goes through `solver_parameters`.
@@ -225,7 +225,7 @@ class QPUSampler(Sampler):
         "max_retries": Option(3, (int,), non_negative, "retries of transient errors"),
         "retry_backoff_s": Option(1.0, (int, float), non_negative,
                                   "first retry delay (s), doubled each retry"),
-        "seed": Option(None, (int,), lambda v: v >= 0, "seed >= 0", nullable=True),
+        "seed": SEED,
     }
 
     def __init__(self, **options):
