@@ -23,33 +23,55 @@ class EvalResult(NamedTuple):
     num_samples: int
 
 
+def _chunks(model, x, num_samples, sample_chunk, generator):
+    """Both log-weight kinds of `discrete_log_weights`, (B, num_samples) each, without log Z."""
+    was_training = model.training
+    model.eval()  # BatchNorm moving averages (spec §7)
+    dtype = next(model.parameters()).dtype
+    x = x.to(dtype)
+    chunk = max(1, min(sample_chunk, MAX_ROWS // max(1, x.shape[0])))
+    ell, ell_h = [], []
+    try:
+        for start in range(0, num_samples, chunk):
+            s = min(chunk, num_samples - start)
+            # samples as a batch dimension (D7): the s copies of a point are adjacent rows
+            rows = x.repeat_interleave(s, 0)
+            a, b = model.discrete_log_weights(rows, generator=generator)
+            ell.append(a.view(x.shape[0], s))
+            ell_h.append(b.view(x.shape[0], s))
+    finally:
+        model.train(was_training)
+    return torch.cat(ell, 1), torch.cat(ell_h, 1)
+
+
 @torch.no_grad()
 def log_weights(model, x: torch.Tensor, num_samples: int, log_z: float,
                 sample_chunk: int = 100, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, num_samples) float64 log-weights of independent posterior draws for each point."""
-    was_training = model.training
-    model.eval()
-    chunks = []
-    chunk = max(1, min(sample_chunk, MAX_ROWS // max(1, x.shape[0])))
-    for start in range(0, num_samples, chunk):
-        s = min(chunk, num_samples - start)
-        rows = x.repeat_interleave(s, 0)
-        chunks.append(model.discrete_log_weights(rows, generator=generator).view(x.shape[0], s))
-    model.train(was_training)
-    return torch.cat(chunks, 1) - float(log_z)
+    """(B, num_samples) float64 log-weights ℓ = −E(z) − log Z − log q(z|x) + log p(x|z) of
+    independent posterior draws for each point of x (B, 784)."""
+    return _chunks(model, x, num_samples, sample_chunk, generator)[0] - float(log_z)
 
 
 @torch.no_grad()
 def evaluate_nll(model, data: torch.Tensor, log_z: float, num_samples: int = 100,
                  batch_size: int = 1000, sample_chunk: int = 100,
                  generator: torch.Generator | None = None) -> EvalResult:
-    """Mean NLL and ELBO (nats) of `data` (N, 784) in {0, 1} under the discrete model."""
+    """Mean NLL and ELBO (nats) of `data` (N, 784) in {0, 1} under the discrete model.
+
+    The ELBO averages the K draws; its entropy is analytic for the ELBO-trained methods
+    (DVAE/DVAE++) and sample-based for DVAE# (spec §7).
+    """
+    if num_samples < 1 or batch_size < 1 or sample_chunk < 1 or data.shape[0] < 1:
+        raise ValueError("data, num_samples, batch_size and sample_chunk must all be non-empty / at least 1")
+    analytic = getattr(getattr(model, "method", None), "objective", "iw") == "elbo"
     total_nll, total_elbo, n = 0.0, 0.0, data.shape[0]
     batch = max(1, min(batch_size, MAX_ROWS))
     for start in range(0, n, batch):
         x = data[start : start + batch]
-        lw = log_weights(model, x, num_samples, log_z, sample_chunk, generator)
-        per_point = torch.logsumexp(lw, 1) - math.log(num_samples)
-        total_nll -= float(per_point.sum())  # partial batches weigh by their size
-        total_elbo += float(lw.mean(1).sum())
+        ell, ell_h = _chunks(model, x, num_samples, sample_chunk, generator)
+        ell, ell_h = ell - float(log_z), ell_h - float(log_z)
+        # float64 logsumexp with a max shift (D7, pitfall 18)
+        per_point = torch.logsumexp(ell, 1) - math.log(num_samples)
+        total_nll -= float(per_point.sum())  # summed, then divided by n: partial batches weigh by size
+        total_elbo += float((ell_h if analytic else ell).mean(1).sum())
     return EvalResult(total_nll / n, total_elbo / n, n, num_samples)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Method:
+    """How one column of the poster table is trained (spec §2.2)."""
+
     name: str
     relaxation: str  # a dvae_q.relaxations family, or "gi" for the Gaussian integral
     objective: str  # "elbo" (K>1: average of K single-sample ELBOs) or "iw" (K>1: IW bound)
@@ -43,15 +45,20 @@ _BETA_ROWS = {
 
 
 def get_method(name: str) -> Method:
+    """The registered method `name`; ValueError naming the known ones otherwise."""
     if name not in METHODS:
         raise ValueError(f"unknown method '{name}'; known: {', '.join(METHODS)}")
     return METHODS[name]
 
 
 def default_beta(dataset: str, structure: str, method: str) -> float:
-    """β of the spec's table for this dataset, structure and method."""
+    """β of the spec's §1.7 table for this dataset ('binarized_mnist' or 'omniglot'), structure
+    and method. The table is keyed by column, so a method's β never depends on K."""
     get_method(method)
     for (ds, structures), row in _BETA_ROWS.items():
         if ds == dataset and structure in structures:
             return float(row[_ORDER.index(method)])
-    raise ValueError(f"no default beta for dataset '{dataset}' and structure '{structure}'")
+    datasets = sorted({ds for ds, _ in _BETA_ROWS})
+    structures = sorted({s for _, group in _BETA_ROWS for s in group})
+    raise ValueError(f"no default beta for dataset '{dataset}' and structure '{structure}'; "
+                     f"known datasets: {', '.join(datasets)}; structures: {', '.join(structures)}")

@@ -31,6 +31,13 @@ class ObjectiveResult:
 
 
 class DVAE(nn.Module):
+    """Encoder, relaxation (or GI posterior), RBM prior and decoder of one poster column.
+
+    `forward(x, negative_samples, k=, kappa=, log_z_value=, generator=)` returns the training
+    objective (spec §2); `decode(z)` the decoder logits; `discrete_log_weights` the test model's
+    log-weights (spec §7), used by `dvae_q.evaluate`.
+    """
+
     def __init__(
         self,
         structure: str,
@@ -112,22 +119,26 @@ class DVAE(nn.Module):
             if residual is not None:
                 metrics["mf_residual"] = residual
             if k == 1:
-                kl = log_q - log_p  # sampled KL̂ = −log p̂(ζ) + Σ_g log q(ζ_g|·) (§2.4)
-                loss = (kappa * kl + recon).mean()
+                kl = log_q - log_p  # sampled KL̂ = −log p̂(ζ) + Σ_g log q(ζ_g|·) (§2.4, §2.5)
+                loss = (kappa * kl + recon).mean()  # ELBO path (§2.8)
                 if log_z_value is not None:
                     metrics["kl"] = float(kl.detach().mean())
                     metrics["approx_bound"] = float((kl + recon).detach().mean())
             else:
-                ell = (kappa * (log_p - log_q) - recon).reshape(-1, k)  # κ inside the weights
-                loss, ess = objectives.iw_loss(ell)
+                # ℓ_bk = κ·[log p̂(ζ) − Σ_g log q(ζ_g|·)] + log p(x|ζ): κ inside the weights (§2.8)
+                ell = (kappa * (log_p - log_q) - recon).reshape(-1, k)
+                loss, ess = objectives.iw_loss(ell)  # −Σ sg(w̃)·ℓ, not the bound (pitfall 6)
                 metrics["iw_ess"] = float(ess)
-                if log_z_value is not None and kappa == 1.0:
-                    metrics["approx_bound"] = float(objectives.iw_bound(ell))
+                if log_z_value is not None:
+                    # the bound belongs to the model, so it is taken at κ = 1 whatever κ_t is
+                    metrics["kl"] = float((log_q - log_p).detach().mean())
+                    ell_model = ((log_p - log_q) - recon).detach().reshape(-1, k)
+                    metrics["approx_bound"] = float(objectives.iw_bound(ell_model))
             return ObjectiveResult(loss, metrics)
 
         # ELBO path of DVAE / DVAE++ (§2.3); K > 1 averages K single-sample ELBOs (pitfall 8)
         logits = [g[0] for g in groups]
-        if method.kl == "dvae" and len(groups) > 1:
+        if method.kl == "dvae" and len(groups) > 1:  # §2.3b, training only
             kl = objectives.rolfe_surrogate(logits, [g[2] for g in groups], self.prior, negative_samples)
             loss = (kappa * kl + recon).mean()
             return ObjectiveResult(loss, metrics)  # Rolfe's surrogate is not a KL: not logged
@@ -136,30 +147,37 @@ class DVAE(nn.Module):
             nu_logits = q_logits  # log-ratio zeroed with one group, and always for spike-exp
         else:
             nu_logits = q_logits + self.relaxation.b(zeta)
-        kl = objectives.dvaepp_kl(q_logits, nu_logits, self.prior, log_z_sur)
-        loss = (kappa * kl + recon).mean()
+        kl = objectives.dvaepp_kl(q_logits, nu_logits, self.prior, log_z_sur)  # §2.3a
+        loss = (kappa * kl + recon).mean()  # (1/B)(1/K) Σ [κ·KL̂ − log p(x|ζ)] (§2.8)
         if log_z_value is not None:
             metrics["kl"] = float(kl.detach().mean())
             metrics["approx_bound"] = float((kl + recon).detach().mean())
         return ObjectiveResult(loss, metrics)
 
     # --- the discrete test model (spec §7) -------------------------------------------------
-    def discrete_log_weights(self, x: torch.Tensor, generator=None) -> torch.Tensor:
-        """ℓ = −E(z) − log q(z|x) + log p(x|z) per row for binary z ~ q (log Z not included).
+    def discrete_log_weights(self, x: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-weights of the discrete test model (spec §7) for one binary z ~ q(z|x) per row.
 
-        Binary z of earlier groups feeds later groups and the decoder; the GI shift head is
-        unused. Call under no_grad in eval mode.
+        Returns (ℓ, ℓ_H), both float64 (rows,), log Z not included:
+        ℓ = −E(z) − log q(z|x) + log p(x|z), and ℓ_H, the same with −log q(z|x) replaced by the
+        analytic Bernoulli entropies Σ_g H(q_g(·|x, z_<g)) (same mean over z: the lower-variance
+        ELBO term the spec uses for DVAE/DVAE++). Binary z of earlier groups feeds later groups
+        and the decoder; the GI shift head is unused. Call under no_grad in eval mode.
         """
-        zs, log_q = [], torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        zs = []
+        log_q = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        entropy = torch.zeros_like(log_q)
         for g in range(self.structure.num_groups):
             logits = self.encoder.group_output(g, x, zs)[:, : self.units]
             u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
             z = (u < torch.sigmoid(logits)).to(logits.dtype)
             log_q -= nn.functional.binary_cross_entropy_with_logits(logits, z, reduction="none").sum(-1).double()
+            entropy += objectives.bernoulli_entropy(logits.double())
             zs.append(z)
         z = torch.cat(zs, -1)
         log_px = -objectives.reconstruction_nll(self.decode(z), x).double()
-        return -self.prior.energy(z).double() - log_q + log_px
+        log_prior = -self.prior.energy(z).double()
+        return log_prior - log_q + log_px, log_prior + entropy + log_px
 
 
 def parameter_groups(model: nn.Module, weight_decay: float = 1e-4) -> list[dict]:

@@ -20,25 +20,34 @@ BN_EPS = 1e-2
 
 @dataclass(frozen=True)
 class Structure:
+    """One row of the spec §4 table. The latent size can be overridden per model (D3); these
+    numbers are the defaults that reproduce the paper."""
+
     name: str
     num_groups: int
-    hidden_layers: int  # per MLP (encoder groups and decoder)
+    units_per_group: int
+    hidden_layers: int  # per MLP (encoder groups and decoder); 0 = purely linear
     width: int
-    num_latent: int  # default latent size N (RBM N/2 + N/2)
+
+    @property
+    def num_latent(self) -> int:
+        """Default latent size N = groups × units (RBM N/2 + N/2)."""
+        return self.num_groups * self.units_per_group
 
 
 STRUCTURES = {
     s.name: s
     for s in (
-        Structure("1-layer-lin", 1, 0, 200, 200),
-        Structure("1-layer-nonlin", 1, 2, 200, 200),
-        Structure("2-layer-nonlin", 2, 2, 200, 400),
-        Structure("4-layer-nonlin", 4, 2, 200, 400),
+        Structure("1-layer-lin", 1, 200, 0, 200),
+        Structure("1-layer-nonlin", 1, 200, 2, 200),
+        Structure("2-layer-nonlin", 2, 200, 2, 200),
+        Structure("4-layer-nonlin", 4, 100, 2, 200),
     )
 }
 
 
 def get_structure(name: str) -> Structure:
+    """The registered structure `name`; ValueError naming the known ones otherwise."""
     if name not in STRUCTURES:
         raise ValueError(f"unknown structure '{name}'; known: {', '.join(STRUCTURES)}")
     return STRUCTURES[name]
@@ -52,6 +61,8 @@ def init_dense(layer: nn.Linear) -> None:
 
 
 class MLP(nn.Sequential):
+    """Linear → [BatchNorm → tanh] × hidden_layers, then a plain Linear (spec §4)."""
+
     def __init__(self, in_features: int, out_features: int, hidden_layers: int, width: int):
         layers: list[nn.Module] = []
         size = in_features
@@ -91,5 +102,6 @@ class Encoder(nn.Module):
         self.register_buffer("x_mean", torch.as_tensor(x_mean, dtype=torch.float32).clone())
 
     def group_output(self, g: int, x: torch.Tensor, previous: list[torch.Tensor]) -> torch.Tensor:
+        """Raw output of group g's MLP (U logits, or 2U for two heads) given x and ζ_<g."""
         inputs = torch.cat([x - self.x_mean, *previous], dim=-1)
         return self.groups[g](inputs)
