@@ -171,3 +171,42 @@ def test_every_method_gives_finite_loss_and_gradients(method, structure):
     out = model(x, neg, k=1, kappa=1.0, log_z_value=11.0, generator=g)
     rolfe = METHODS[method].kl == "dvae" and STRUCTURES[structure].num_groups > 1
     assert ("approx_bound" in out.metrics) != rolfe  # Rolfe's surrogate is never a bound
+
+
+def test_gi_sampled_kl_matches_quadrature():
+    # DVAE# GI, K = 1 (spec §2.5): the logged KL̂ = log q(ζ|x) − log p(ζ) averages to the KL of
+    # the relaxed posterior against the relaxed prior; reference by 2-D quadrature of
+    # q·log(q/p) with p(ζ) = Σ_z p(z) N(ζ; z, M⁻¹) by brute force (spec §1.6), N = 2 units
+    torch.manual_seed(0)  # network init draws from the global generator
+    model = DVAE("1-layer-lin", "dvaes_gi", beta=3.0, x_mean=x_mean(), num_latent=2).double()
+    randomise_prior(model, seed=3, scale=0.7)
+    x = (torch.rand(1, 784, generator=torch.Generator().manual_seed(4)) < 0.3).double()
+    rows = 20_000
+    with torch.no_grad():
+        a = torch.cat([model.prior.a_left, model.prior.a_right])
+        w = float(model.prior.W)
+        z = states(2)
+        log_pz = z @ a + w * z[:, 0] * z[:, 1]
+        log_z = float(torch.logsumexp(log_pz, 0))
+        lam = model.prior.gi_lambda(3.0)
+        cov = torch.linalg.inv(torch.tensor([[lam, w], [w, lam]], dtype=torch.float64))
+        raw = model.encoder.group_output(0, x, [])[0]
+        q1, dmu = torch.sigmoid(raw[:2]), 0.5 * (torch.sigmoid(raw[2:]) - 0.5)
+        s = (0.2 * model.gi_scale[0]).abs() + 0.05
+    out = model(x.expand(rows, -1), torch.zeros(3, 2, dtype=torch.float64), k=1, log_z_value=log_z,
+                generator=torch.Generator().manual_seed(5))
+    grid = torch.linspace(-2.5, 3.5, 601, dtype=torch.float64)
+    step = float(grid[1] - grid[0])
+    g0, g1 = torch.meshgrid(grid, grid, indexing="ij")
+    pts = torch.stack([g0.reshape(-1), g1.reshape(-1)], 1)
+    mvn = [torch.distributions.MultivariateNormal(zz, covariance_matrix=cov) for zz in z]
+    log_p = torch.logsumexp(torch.stack([lp - log_z + d.log_prob(pts) for lp, d in zip(log_pz, mvn)]), 0)
+    unit = torch.distributions.Normal
+    log_q = sum(torch.logaddexp(torch.log1p(-q1[i]) + unit(dmu[i], s[i]).log_prob(pts[:, i]),
+                                torch.log(q1[i]) + unit(1 + dmu[i], s[i]).log_prob(pts[:, i]))
+                for i in range(2))
+    kl = float((log_q.exp() * (log_q - log_p)).sum() * step * step)
+    assert float(log_q.exp().sum() * step * step) == pytest.approx(1.0, abs=1e-6)
+    # fixed seed; the per-row KL̂ has a measured spread of 0.73 nats, so 20,000 rows give a
+    # standard error of 0.005 and 0.03 is 6 of them (the KL itself is about 0.4)
+    assert out.metrics["kl"] == pytest.approx(kl, abs=0.03)
