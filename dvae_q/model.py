@@ -23,8 +23,17 @@ from dvae_q.prior import RBMPrior
 @dataclass
 class ObjectiveResult:
     """The loss to minimise (without weight decay, which the optimiser applies) and honest
-    diagnostics: 'recon' (mean −log p(x|ζ)), 'kl' and 'approx_bound' only when a real log Z
-    estimate was given (labelled approximate), 'iw_ess', 'mf_residual'."""
+    diagnostics (spec D6, D11), all floats:
+
+    * 'recon': mean −log p(x|ζ) over the B·K rows;
+    * 'iw_ess': mean effective sample size 1/Σ w̃² of the IW weights (DVAE#, K > 1);
+    * 'mf_residual': max |m − σ(field)| after the mean-field sweeps (overlapping DVAE#);
+    * 'kl' and 'approx_bound' only when `log_z_value` (an AIS or exact log Z) is given: the
+      sampled or analytic KL estimate, and the negative ELBO (K = 1 or ELBO path) or negative
+      IW bound (K > 1, taken at κ = 1), in nats per point. Approximate: log Z is an estimate and
+      DVAE#'s overlapping prior uses the mean-field log Z(ζ). Rolfe's surrogate (DVAE, ≥ 2
+      groups) is no KL, so neither is logged for it. The loss value itself is never a bound.
+    """
 
     loss: torch.Tensor
     metrics: dict = field(default_factory=dict)

@@ -130,7 +130,7 @@ def test_dvaepp_kl_metric_is_the_exact_kl_of_one_group():
     model = DVAE("1-layer-lin", "dvaepp_exp", beta=10.0, x_mean=x_mean(), num_latent=8).double()
     randomise_prior(model, seed=1, scale=0.8)
     z = states(8)
-    log_z = float(torch.logsumexp(-model.prior.energy(z), 0))
+    log_z = float(torch.logsumexp(-model.prior.energy(z), 0).detach())
     x = (torch.rand(3, 784, generator=torch.Generator().manual_seed(2)) < 0.3).double()
     out = model(x, z[:7], k=1, log_z_value=log_z, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
