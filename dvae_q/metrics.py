@@ -16,6 +16,7 @@ COLUMNS = (
     "loss",
     "recon",
     "kl",
+    "approx_bound",  # only with a log Z estimate; approximate (stale AIS log Z), never the loss
     "iw_ess",
     "mf_residual",
     "lr",
