@@ -95,9 +95,12 @@ class Sampler:
     ) -> torch.Tensor:
         if not isinstance(model, BipartiteModel):
             raise TypeError(f"sample() needs a samplers.BipartiteModel, got {type(model).__name__}")
-        if not isinstance(num_samples, int) or num_samples < 1:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         device = torch.device(device) if device is not None else model.device
+        if device.type == "meta" or model.device.type == "meta":
+            # meta tensors hold no values, so there is nothing to sample from or into
+            raise ValueError("samplers need real tensors: the model or the requested device is 'meta'")
         dtype = dtype or model.dtype
         if not dtype.is_floating_point:
             raise ValueError(f"samples are returned as a floating dtype, not {dtype}")

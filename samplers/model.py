@@ -8,6 +8,7 @@ multiplied by the coupling mask, so kernels never multiply by the mask per sweep
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +34,13 @@ class BipartiteModel:
             if self.mask.shape != w.shape:
                 raise ValueError(f"BipartiteModel: mask shape {tuple(self.mask.shape)} != W's")
             object.__setattr__(self, "W", w * self.mask.to(w.dtype))
-        if not (isinstance(self.beta, (int, float)) and self.beta >= 0):
-            raise ValueError(f"BipartiteModel: beta must be a number >= 0, got {self.beta!r}")
+        if w.device.type == "meta":
+            raise ValueError("BipartiteModel: meta tensors hold no values to sample from")
+        if not all(bool(torch.isfinite(t).all()) for t in (a_l, a_r, w)):
+            # a diverged prior must stop training loudly, not feed NaN fields to the samplers
+            raise ValueError("BipartiteModel: biases or W contain NaN or infinite values")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"BipartiteModel: beta must be a finite number >= 0, got {self.beta!r}")
 
     @property
     def num_left(self) -> int:

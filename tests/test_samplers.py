@@ -208,14 +208,11 @@ def test_gibbs_on_cuda_matches_exact():
     assert 0.5 * float((q - p).abs().sum()) < tv_bound(p, N_SAMPLES, 0.01)
 
 
-def test_exact_refuses_large_small_side_and_handles_large_other_side():
+def test_exact_refuses_a_small_side_over_20_units():
+    # a wide other side is fine: test_samplers_contract checks its moments against enumeration
     big = rbm(21, 25, seed=0)
     with pytest.raises(ValueError, match="limited to 20"):
         samplers.get("exact").sample(big, 5)
-    wide = rbm(3, 400, seed=0, scale=0.1)
-    z = samplers.get("exact", seed=0).sample(wide, 4000)
-    # the large side is drawn from its exact conditional: check its mean per unit given v
-    assert z.shape == (4000, 403)
 
 
 def test_get_validates_names_and_options():
