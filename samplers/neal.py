@@ -76,11 +76,12 @@ class NealSampler(Sampler):
             kwargs["initial_states_generator"] = "none"
         ss = self._engine.sample(bqm, **kwargs)
         order = np.argsort(np.asarray(ss.variables, dtype=np.int64))
-        states = ss.record.sample[:, order].astype(np.float64)
+        # the engine takes initial states as int8 (0/1 for a BINARY BQM)
+        states = ss.record.sample[:, order].astype(np.int8)
         self._states = states if self.options["persistent"] else None
         self.info = {"schedule": self.options["schedule"], "beta_final": float(model.beta),
                      "spin_updates": int(num_samples * len(sched) * model.num_units)}
-        return torch.from_numpy(states)
+        return torch.from_numpy(states.astype(np.float64))
 
     def state_dict(self) -> dict:
         return {"rng": self._rng.bit_generator.state, "states": self._states}

@@ -6,9 +6,10 @@ reweighted by w_i = exp(−Δβ·E(z_i)), the population is resampled in proport
 (systematic resampling, every step), and `sweeps_per_beta` block-Gibbs sweeps at the new β
 follow. The product of the mean weights estimates the partition-function ratio, so
 log Z(β) ≈ N·log 2 + Σ_k log mean_i w_i (reported in `info['log_z']`), and the smallest relative
-effective population size Σw²… (1/Σ ŵ², over the steps) in `info['ess']`. Populations are fresh
-at every call (no persistence); asking for more samples than particles runs independent
-populations.
+effective population size (1/Σ ŵ² over normalised weights, smallest over the steps) in
+`info['ess']`. Populations are fresh at every call (no persistence; the state is the generator);
+asking for more samples than particles runs independent populations, whose Z estimates are
+averaged (log-mean-exp) into `info['log_z']`.
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ class PopulationAnnealingSampler(Sampler):
 
     def _sample(self, model: BipartiteModel, num_samples: int) -> torch.Tensor:
         runs = [self.anneal(model) for _ in range(math.ceil(num_samples / self.options["num_particles"]))]
-        self.info = {"log_z": runs[0][1], "ess": min(r[2] for r in runs)}
+        # each population's exp(log Z) is an unbiased estimate of Z, so their mean is too
+        log_zs = torch.tensor([r[1] for r in runs], dtype=torch.float64)
+        log_z = float(torch.logsumexp(log_zs, 0)) - math.log(len(runs))
+        self.info = {"log_z": log_z, "ess": min(r[2] for r in runs), "populations": len(runs)}
         return torch.cat([r[0] for r in runs])[:num_samples]
 
     def state_dict(self) -> dict:
