@@ -56,7 +56,11 @@ class GibbsSampler(Sampler):
 
     def _device(self, model: BipartiteModel) -> torch.device:
         dev = self.options["device"]
-        return torch.device(dev) if dev is not None else model.device
+        if dev is None:
+            return model.device
+        # canonical form ('cuda' -> 'cuda:0'), so the chains' device compares equal to it and
+        # persistent chains are not mistaken for stale ones on every call
+        return torch.empty(0, device=dev).device
 
     def _ensure(self, model: BipartiteModel, device: torch.device) -> None:
         if self._generator is None or self._generator.device.type != device.type:

@@ -191,3 +191,19 @@ def test_persistent_constant_neal_is_fixed_temperature_mcmc():
         s = samplers.get("neal", schedule="constant", persistent=persistent, num_sweeps=1, seed=0)
         agree[persistent] = float((s.sample(model, 1000) == s.sample(model, 1000)).double().mean())
     assert agree[True] > agree[False] + 0.07, agree
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="needs a CUDA device")),
+])
+def test_gibbs_chains_persist_on_the_device_option(device):
+    """Two calls of one sweep continue the same chains: they equal one call of two sweeps."""
+    model = rbm(4, 5, seed=1)  # on the CPU; the chains live on `device`
+    twice = samplers.get("gibbs", num_chains=30, sweeps=1, device=device, seed=0)
+    twice.sample(model, 30)
+    z = twice.sample(model, 30)
+    once = samplers.get("gibbs", num_chains=30, sweeps=2, device=device, seed=0)
+    assert torch.equal(once.sample(model, 30), z)
+    assert z.device.type == "cpu"  # returned on the model's device unless asked otherwise
