@@ -124,7 +124,7 @@ def raise_log_z(a_left, a_right, W, num_temps: int = 1000, num_chains: int = 102
     n_left = torch.as_tensor(a_left).shape[0]
     left_is_v = n_left <= torch.as_tensor(a_right).shape[0]
     if init_samples is not None:
-        z = torch.as_tensor(init_samples).to(torch.float64)
+        z = torch.as_tensor(init_samples).to(device=w.device, dtype=torch.float64)
         v = z[:, :n_left] if left_is_v else z[:, n_left:]
         num_chains = v.shape[0]
     else:

@@ -28,7 +28,7 @@ def random_prior(n_l, n_r, seed, scale=0.5, mask=None):
 
 def test_zero_init_energy_mask_and_snapshot():
     fresh = RBMPrior(3, 4)
-    assert all(float(p.abs().sum()) == 0 for p in fresh.parameters())
+    assert all(float(p.detach().abs().sum()) == 0 for p in fresh.parameters())
     mask = torch.tensor([[1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.float32)
     prior = random_prior(3, 4, seed=0, mask=mask)
     z = all_states(7)
