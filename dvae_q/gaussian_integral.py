@@ -12,6 +12,9 @@ the mixture CDF, with μ0 = δμ, μ1 = 1 + δμ, N_k = N(ζ; μ_k, s²), Φ_k t
     ∂ζ/∂s = [(1 − q)·N0·(ζ − μ0) + q·N1·(ζ − μ1)] / (s·f)
 
 The last one subtracts the shift (decision D1); without it the gradient is off by δμ/s.
+The model owns v (`scale_param`): one trainable tensor of U values per latent group, initialised
+to ones and excluded from weight decay; it broadcasts against the (rows, U) logits. Shapes are
+elementwise: logits, shift_logits and ζ share one shape. Works in float32 and float64.
 The GI *prior* density lives in `dvae_q.prior.RBMPrior.gaussian_integral_log_prob`.
 """
 

@@ -19,6 +19,7 @@ Spike-and-exponential (DVAE) has a closed-form inverse CDF and no density; calle
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -41,7 +42,7 @@ class Relaxation:
     overlapping = True
 
     def __init__(self, beta: float):
-        if not (isinstance(beta, (int, float)) and beta > 0 and math.isfinite(beta)):
+        if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and beta > 0 and math.isfinite(beta)):
             raise ValueError(f"relaxation '{self.name}': beta must be a positive number, got {beta!r}")
         self.beta = float(beta)
 
@@ -67,21 +68,27 @@ class Relaxation:
 
     # --- the contract ---
     def log_r0(self, zeta):
+        """log r(ζ|z=0), elementwise."""
         return self._log_r0(zeta)
 
     def log_r1(self, zeta):
+        """log r(ζ|z=1) = log r0(1 − ζ) (symmetry convention, spec §0)."""
         return self._log_r0(1.0 - zeta)
 
     def cdf0(self, zeta):
+        """R0(ζ), the CDF of r(ζ|z=0)."""
         return self._cdf0(zeta)
 
     def cdf1(self, zeta):
+        """R1(ζ) = 1 − R0(1 − ζ)."""
         return 1.0 - self._cdf0(1.0 - zeta)
 
     def b(self, zeta):
+        """Log-ratio b(ζ) = log r0(1 − ζ) − log r0(ζ) (pitfall 2); σ(l + b(ζ)) is P(z=1 | ζ)."""
         return self._log_r0(1.0 - zeta) - self._log_r0(zeta)
 
     def c(self, zeta):
+        """c(ζ) = log r0(ζ), so that r(ζ|z) = exp(c(ζ) + b(ζ)·z)."""
         return self._log_r0(zeta)
 
     def log_q(self, zeta, logits):
@@ -258,10 +265,17 @@ FAMILIES = {cls.name: cls for cls in (SpikeExp, Exponential, Power, Gaussian, Un
 
 
 def make(name: str, beta: float, **options) -> Relaxation:
-    """The smoothing family `name` at β; options: `exact_gradient` for `power`."""
+    """The smoothing family `name` at β; options: `exact_gradient` for `power`.
+
+    An unknown name or option is a ValueError naming the accepted ones.
+    """
     if name not in FAMILIES:
         raise ValueError(f"unknown relaxation '{name}'; known: {', '.join(FAMILIES)}")
-    try:
-        return FAMILIES[name](beta, **options)
-    except TypeError:
-        raise ValueError(f"relaxation '{name}' takes no options {sorted(options)}") from None
+    cls = FAMILIES[name]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "beta")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"relaxation '{name}' got unknown options {unknown}; accepted: {accepted or 'none'}"
+        )
+    return cls(beta, **options)
