@@ -19,13 +19,8 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
-
-# run as a script, bench/ is first on sys.path, where a sibling script (bench/samplers.py) would
-# shadow the `samplers` package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import dimod
 import numpy as np

@@ -15,21 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-# bench/samplers.py would shadow the `samplers` package when bench/ leads sys.path
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import torch
 
-import torch  # noqa: E402
-
-import samplers  # noqa: E402
-from dvae_q.methods import default_beta  # noqa: E402
-from dvae_q.model import DVAE, parameter_groups  # noqa: E402
-from dvae_q.networks import STRUCTURES  # noqa: E402
-from dvae_q.schedule import torch_adam_eps  # noqa: E402
+import samplers
+from dvae_q.methods import default_beta
+from dvae_q.model import DVAE, parameter_groups
+from dvae_q.networks import STRUCTURES
+from dvae_q.schedule import torch_adam_eps
 
 FULL_RUN_STEPS = 1_000_000
 

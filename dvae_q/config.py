@@ -83,12 +83,9 @@ class Config:
     sampler: str = "gibbs"
     num_negative_samples: int = field(default=1000, metadata={"check": _positive})
     sampler_options: dict = field(
-        default_factory=lambda: {
-            "gibbs": {"num_chains": 1000, "sweeps": 40},
-            "pa": {"num_particles": 1000},
-            "neal": {"num_sweeps": 40},
-        },
-        metadata={"doc": "options per sampler name; the chosen sampler's entry is used"},
+        default_factory=dict,
+        metadata={"doc": "options per sampler name, validated by that sampler; the chosen "
+                         "sampler's entry is used and its declared defaults fill the rest"},
     )
     topology: str | None = field(
         default=None, metadata={"doc": "hardware topology name or YAML path; null: dense RBM"}
@@ -184,14 +181,36 @@ def _check_consistency(cfg: Config) -> None:
         raise BadInput("config key 'lr_boundaries' must be increasing fractions in [0, 1]")
     if not all(isinstance(f, (int, float)) and f > 0 for f in cfg.lr_factors):
         raise BadInput("config key 'lr_factors' must be positive numbers")
-    for name, opts in cfg.sampler_options.items():
-        if not isinstance(opts, dict):
-            raise BadInput(f"config key 'sampler_options.{name}' must be a mapping of options")
+    _check_sampler(cfg)
     bad = [s for s in cfg.eval_splits if s not in ("valid", "test")]
     if bad or not cfg.eval_splits:
         raise BadInput("config key 'eval_splits' must list 'valid' and/or 'test'")
     if cfg.num_latent is not None and cfg.num_latent % 2:
         raise BadInput("config key 'num_latent' must be even (the RBM has two equal halves)")
+
+
+def _check_sampler(cfg: Config) -> None:
+    """The sampler name and every `sampler_options.<name>` entry, checked by the samplers
+    package itself (each backend owns its options), and the topology's QPU defaults."""
+    import samplers
+
+    if cfg.sampler not in samplers.available():
+        raise BadInput(f"config key 'sampler': unknown sampler '{cfg.sampler}'; "
+                       f"known: {', '.join(samplers.available())}")
+    for name, opts in cfg.sampler_options.items():
+        if not isinstance(opts, dict):
+            raise BadInput(f"config key 'sampler_options.{name}' must be a mapping of options")
+        try:
+            samplers.check_options(name, opts)
+        except samplers.SamplerOptionError as exc:
+            raise BadInput(f"config key 'sampler_options.{name}': {exc}") from None
+    if cfg.topology is not None:
+        import topologies
+
+        try:
+            samplers.sampler_class("qpu").topology_defaults(topologies.load(cfg.topology))
+        except samplers.SamplerOptionError as exc:
+            raise BadInput(f"config key 'topology': {exc}") from None
 
 
 def _apply(cfg: Config, key: str, value: Any) -> None:

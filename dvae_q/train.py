@@ -59,14 +59,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_sampler(cfg: Config, seed: int) -> samplers.Sampler:
-    """The configured sampler with its options; the run's sampler seed unless one is given."""
-    options = dict(cfg.sampler_options.get(cfg.sampler, {}))
-    declared = samplers.declared_options(cfg.sampler)
-    if "seed" in declared:
-        options.setdefault("seed", seed % (2**32))
-    if "topology" in declared and cfg.topology is not None:
-        options.setdefault("topology", cfg.topology)
-    return samplers.get(cfg.sampler, **options)
+    """The configured sampler with its options; the run supplies its seed and topology to
+    whichever options declare them, unless the config sets them."""
+    run = {"seed": seed % (2**32)}
+    if cfg.topology is not None:
+        run["topology"] = cfg.topology
+    return samplers.get(cfg.sampler, run=run, **cfg.sampler_options.get(cfg.sampler, {}))
 
 
 def prior_mask(cfg: Config, num_left: int, num_right: int) -> torch.Tensor | None:
@@ -288,7 +286,7 @@ def train(
 
         # --- negative phase: samples of the current prior, from whichever sampler this is ---
         try:
-            negatives = sampler.sample(
+            negatives, sampler_info = sampler.draw(
                 model.prior.snapshot(), cfg.num_negative_samples, device=parts.device
             )
         except RuntimeError as exc:  # cloud failures after retries, out of memory, ...
@@ -320,7 +318,7 @@ def train(
         tick = now
         if done % cfg.log_every == 0 or done == cfg.steps:
             row = {"step": done, "wall_time_s": wall, "loss": result.loss.item(), "lr": lr}
-            row.update(kappa=kappa, **_step_metrics(result, sampler.info))
+            row.update(kappa=kappa, **_step_metrics(result, sampler_info))
             metrics.write(row)
             bar.set_postfix(loss=f"{row['loss']:.2f}", val_nll=last_valid or "-", refresh=False)
 

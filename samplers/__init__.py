@@ -9,9 +9,12 @@ This package does not import dvae_q.
 
 from samplers.base import (
     Option,
+    SampleResult,
     Sampler,
     SamplerOptionError,
+    TemperatureScaled,
     available,
+    check_options,
     declared_options,
     get,
     sampler_class,
@@ -21,9 +24,12 @@ from samplers.model import BipartiteModel
 __all__ = [
     "BipartiteModel",
     "Option",
+    "SampleResult",
     "Sampler",
     "SamplerOptionError",
+    "TemperatureScaled",
     "available",
+    "check_options",
     "declared_options",
     "get",
     "sampler_class",

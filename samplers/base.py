@@ -2,16 +2,25 @@
 
 A sampler turns a `BipartiteModel` snapshot into binary samples:
 
-    sample(model, num_samples, *, device=None, dtype=None) -> Tensor (num_samples, n_L + n_R)
+    draw(model, num_samples, *, device=None, dtype=None) -> SampleResult(samples, info)
+    sample(model, num_samples, ...) -> samples             # the same, without the info
 
-with values in {0., 1.} on the requested device and dtype (default: the model's). There is no
-gradient through a sampler. Persistent state (chains, particles, generator) survives across
-calls and round-trips through `state_dict()` / `load_state_dict()`, so a training checkpoint
-restores the exact next samples. After each call `info` holds facts about it under keys shared by
-all backends ('time_s', 'beta', 'num_samples', 'mean_energy') plus backend extras.
+`samples` is (num_samples, n_L + n_R) with values in {0., 1.} on the requested device and dtype
+(default: the model's). There is no gradient through a sampler. `info` describes that one call
+under keys shared by all backends ('time_s', 'beta', 'num_samples', 'mean_energy') plus backend
+extras; it is returned with the samples, never kept on the sampler, so one sampler object can
+serve callers one after another without their facts mixing. Persistent state (chains,
+particles, generator, a temperature scaling) survives across calls and round-trips through
+`state_dict()` / `load_state_dict()`, so a training checkpoint restores the exact next samples.
 
-Each backend declares its options once in `parameters` (STYLE §2): `get()` validates names,
-types and ranges against that declaration, so a bad option is one line naming it.
+Each backend declares its options once in `parameters`: `get()` fills defaults and validates
+names, types and ranges against that declaration, so a bad option is one line naming it, and
+`check_options()` validates a partial mapping (a config entry, a topology file's defaults) with
+the same rules. Options that a run supplies (its seed, its topology) say so with `run_key`, and
+`get(name, run={...})` fills them without the caller knowing which backend takes which.
+
+A second protocol, `TemperatureScaled`, is implemented by samplers whose temperature is a
+programmable scaling (the QPU backend programs β·E/β_eff); calibration uses it by type.
 """
 
 from __future__ import annotations
@@ -20,13 +29,14 @@ import importlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
 from samplers.model import BipartiteModel
 
-
+# the mean-energy diagnostic looks at this many samples: on a 5,640-qubit chip the energy of all
+# 1,000 reads is a dense product that would cost a sixth of a QPU call
 MEAN_ENERGY_SAMPLES = 100
 
 
@@ -36,13 +46,18 @@ class SamplerOptionError(ValueError):
 
 @dataclass(frozen=True)
 class Option:
-    """One declared sampler option: default, accepted types, an optional range check and doc."""
+    """One declared sampler option: default, accepted types, an optional range check and doc.
+
+    `run_key` names a value the run supplies ("seed", "topology"): `get(name, run=...)` fills
+    the option from it when the caller did not set the option itself.
+    """
 
     default: Any
     types: tuple = (int,)
     check: Callable[[Any], bool] | None = None
     doc: str = ""
     nullable: bool = False
+    run_key: str | None = None
 
 
 def positive(v) -> bool:
@@ -53,11 +68,7 @@ def non_negative(v) -> bool:
     return v >= 0
 
 
-def fraction(v) -> bool:
-    return 0 <= v <= 1
-
-
-SEED = Option(None, (int,), non_negative, "seed >= 0", nullable=True)
+SEED = Option(None, (int,), non_negative, "seed >= 0", nullable=True, run_key="seed")
 
 
 def seeded_generator(device: torch.device | str, seed: int | None) -> torch.Generator:
@@ -70,8 +81,34 @@ def seeded_generator(device: torch.device | str, seed: int | None) -> torch.Gene
     return gen
 
 
+class SampleResult(NamedTuple):
+    """What one `draw` returns: the samples and the facts about that call."""
+
+    samples: torch.Tensor
+    info: dict
+
+
+@runtime_checkable
+class TemperatureScaled(Protocol):
+    """A sampler that samples exp(−β_eff·E_prog) and programs E_prog = β·E/β_eff, so that its
+    temperature is corrected by changing the scaling (the QPU backend)."""
+
+    beta_eff: float
+
+    def set_beta_eff(self, beta_eff: float) -> None:
+        """Use `beta_eff` for the scaling from the next call on."""
+
+    def measure_beta_eff(self, num_bootstrap: int | None = None, seed: int | None = None):
+        """β̂ (a `samplers.temperature.BetaEstimate`) of the last call's samples against the
+        problem it actually programmed."""
+
+    def estimated_access_time_us(self, model: BipartiteModel, num_samples: int) -> float:
+        """Device access time of `draw(model, num_samples)` by the vendor's timing model (µs)."""
+
+
 class Sampler:
-    """Base class of all backends. Subclasses set `name`, `parameters` and implement `_sample`."""
+    """Base class of all backends. Subclasses set `name`, `parameters` and implement `_sample`,
+    which returns (samples, info) for that call."""
 
     name: ClassVar[str] = ""
     parameters: ClassVar[dict[str, Option]] = {}
@@ -79,20 +116,19 @@ class Sampler:
 
     def __init__(self, **options):
         self.options = validate_options(type(self), options)
-        self.info: dict = {}
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"{type(self).__name__}({shown})"
 
-    def sample(
+    def draw(
         self,
         model: BipartiteModel,
         num_samples: int,
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-    ) -> torch.Tensor:
+    ) -> SampleResult:
         if not isinstance(model, BipartiteModel):
             raise TypeError(f"sample() needs a samplers.BipartiteModel, got {type(model).__name__}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -105,23 +141,24 @@ class Sampler:
         if not dtype.is_floating_point:
             raise ValueError(f"samples are returned as a floating dtype, not {dtype}")
         start = time.perf_counter()
-        self.info = {}
-        z = self._sample(model, num_samples)
+        z, info = self._sample(model, num_samples)
         z = z.to(device=device, dtype=dtype)
-        if "mean_energy" not in self.info:
-            # a diagnostic, so a subset suffices: on a 5,640-qubit chip the energy of 1,000
-            # samples is a dense product that would cost a sixth of a QPU call
+        info = dict(info)
+        if "mean_energy" not in info:
             head = z[:MEAN_ENERGY_SAMPLES].to(model.device, model.dtype)
             with torch.no_grad():
-                self.info["mean_energy"] = float(model.energy(head).mean())
-        self.info.update(
-            time_s=time.perf_counter() - start,
-            beta=float(model.beta),
-            num_samples=num_samples,
-        )
-        return z
+                info["mean_energy"] = float(model.energy(head).mean())
+        info.update(time_s=time.perf_counter() - start, beta=float(model.beta),
+                    num_samples=num_samples)
+        return SampleResult(z, info)
 
-    def _sample(self, model: BipartiteModel, num_samples: int) -> torch.Tensor:
+    def sample(self, model: BipartiteModel, num_samples: int, *,
+               device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+        """`draw(...).samples`: the samples alone."""
+        return self.draw(model, num_samples, device=device, dtype=dtype).samples
+
+    def _sample(self, model: BipartiteModel, num_samples: int) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -133,38 +170,48 @@ class Sampler:
             raise ValueError(f"{self.name} sampler has no state to restore")
 
 
-def validate_options(cls: type[Sampler], options: dict) -> dict:
-    """Defaults plus `options`, each checked against the class's declared `parameters`."""
-    declared = cls.parameters
-    unknown = sorted(set(options) - set(declared))
+def _type_names(opt: Option) -> str:
+    return "/".join("any object" if t is object else t.__name__ for t in opt.types)
+
+
+def _check_one(cls: type[Sampler], key: str, opt: Option, value):
+    """`value` checked against `opt`; the message names the option and what it expects, and
+    shows the value only when it is a number (a string could be a secret)."""
+    if value is None and (opt.nullable or opt.default is None):
+        return None
+    if isinstance(value, bool) and bool not in opt.types:
+        ok = False
+    else:
+        ok = isinstance(value, opt.types)
+    if not ok:
+        raise SamplerOptionError(
+            f"sampler '{cls.name}' option '{key}': not {_type_names(opt)} "
+            f"(got {type(value).__name__}; value not shown)"
+        )
+    shown = repr(value) if isinstance(value, (int, float)) else "the value"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SamplerOptionError(f"sampler '{cls.name}' option '{key}': {shown} is not finite")
+    if opt.check is not None and not opt.check(value):
+        raise SamplerOptionError(
+            f"sampler '{cls.name}' option '{key}': {shown} is out of range ({opt.doc})"
+        )
+    return value
+
+
+def _reject_unknown(cls: type[Sampler], options: Mapping) -> None:
+    unknown = sorted(set(options) - set(cls.parameters))
     if unknown:
         raise SamplerOptionError(
             f"sampler '{cls.name}' has no option {', '.join(map(repr, unknown))}; "
-            f"accepted: {', '.join(sorted(declared))}"
+            f"accepted: {', '.join(sorted(cls.parameters))}"
         )
-    out = {}
-    for key, opt in declared.items():
-        value = options.get(key, opt.default)
-        if value is None and (opt.nullable or opt.default is None):
-            out[key] = None
-            continue
-        if isinstance(value, bool) and bool not in opt.types:
-            ok = False
-        else:
-            ok = isinstance(value, opt.types)
-        if not ok:
-            names = "/".join(t.__name__ for t in opt.types)
-            raise SamplerOptionError(
-                f"sampler '{cls.name}' option '{key}': {value!r} is not {names}"
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            raise SamplerOptionError(f"sampler '{cls.name}' option '{key}': {value!r} is not finite")
-        if opt.check is not None and not opt.check(value):
-            raise SamplerOptionError(
-                f"sampler '{cls.name}' option '{key}': {value!r} is out of range ({opt.doc})"
-            )
-        out[key] = value
-    return out
+
+
+def validate_options(cls: type[Sampler], options: Mapping) -> dict:
+    """Defaults plus `options`, each checked against the class's declared `parameters`."""
+    _reject_unknown(cls, options)
+    return {key: _check_one(cls, key, opt, options.get(key, opt.default))
+            for key, opt in cls.parameters.items()}
 
 
 # name -> "module:Class", imported on first use so that `import samplers` stays light
@@ -199,6 +246,25 @@ def declared_options(name: str) -> dict[str, Option]:
     return dict(sampler_class(name).parameters)
 
 
-def get(name: str, **options) -> Sampler:
-    """Build the sampler registered as `name` with validated `options`."""
-    return sampler_class(name)(**options)
+def check_options(name: str, options: Mapping) -> dict:
+    """A partial mapping of options for sampler `name` (e.g. a config's `sampler_options.<name>`)
+    validated with the sampler's own rules; defaults are not filled in."""
+    cls = sampler_class(name)
+    if not isinstance(options, Mapping):
+        raise SamplerOptionError(f"sampler '{name}': options must be a mapping, "
+                                 f"got {type(options).__name__}")
+    _reject_unknown(cls, options)
+    return {key: _check_one(cls, key, cls.parameters[key], value) for key, value in options.items()}
+
+
+def get(name: str, *, run: Mapping | None = None, **options) -> Sampler:
+    """Build the sampler registered as `name` with validated `options`.
+
+    `run` holds values the run supplies (e.g. {"seed": 3, "topology": "chimera_c4"}); each
+    fills the option that declares it as its `run_key`, unless `options` already sets it.
+    """
+    cls = sampler_class(name)
+    for key, opt in cls.parameters.items():
+        if opt.run_key and run and opt.run_key in run and key not in options:
+            options[key] = run[opt.run_key]
+    return cls(**options)

@@ -75,8 +75,8 @@ class DimodSampler(Sampler):
             total += len(got)
             if "seed" in accepted:
                 kwargs["seed"] = int(self._rng.integers(2**31 - 1))
-        self.info = {"boltzmann": self.boltzmann, "child": type(self._child).__name__}
-        return torch.from_numpy(np.concatenate(rows)[:num_samples].astype(np.float64))
+        info = {"boltzmann": self.boltzmann, "child": type(self._child).__name__}
+        return torch.from_numpy(np.concatenate(rows)[:num_samples].astype(np.float64)), info
 
     def state_dict(self) -> dict:
         return {"rng": self._rng.bit_generator.state}

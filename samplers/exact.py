@@ -63,8 +63,8 @@ class ExactSampler(Sampler):
         a_h, w = (m.a_right, m.W) if left_small else (m.a_left, m.W.T)
         p_h = torch.sigmoid(float(m.beta) * (a_h + v @ w))
         h = (torch.rand(p_h.shape, generator=self._generator, dtype=torch.float64) < p_h).double()
-        self.info = {"log_z": float(torch.logsumexp(logits, 0))}
-        return torch.cat([v, h], 1) if left_small else torch.cat([h, v], 1)
+        z = torch.cat([v, h], 1) if left_small else torch.cat([h, v], 1)
+        return z, {"log_z": float(torch.logsumexp(logits, 0))}
 
     def state_dict(self) -> dict:
         return {"generator": self._generator.get_state()}

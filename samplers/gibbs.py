@@ -91,8 +91,7 @@ class GibbsSampler(Sampler):
             reads.append(torch.cat([zl, zr], 1))
         self._chains = reads[-1]
         sweeps = self.options["sweeps"] + self.options["thin"] * (len(reads) - 1)
-        self.info = {"chain_sweeps": sweeps * c, "num_chains": c}
-        return torch.cat(reads)[:num_samples]
+        return torch.cat(reads)[:num_samples], {"chain_sweeps": sweeps * c, "num_chains": c}
 
     def state_dict(self) -> dict:
         if self._chains is None:

@@ -79,9 +79,9 @@ class NealSampler(Sampler):
         # the engine takes initial states as int8 (0/1 for a BINARY BQM)
         states = ss.record.sample[:, order].astype(np.int8)
         self._states = states if self.options["persistent"] else None
-        self.info = {"schedule": self.options["schedule"], "beta_final": float(model.beta),
-                     "spin_updates": int(num_samples * len(sched) * model.num_units)}
-        return torch.from_numpy(states.astype(np.float64))
+        info = {"schedule": self.options["schedule"], "beta_final": float(model.beta),
+                "spin_updates": int(num_samples * len(sched) * model.num_units)}
+        return torch.from_numpy(states.astype(np.float64)), info
 
     def state_dict(self) -> dict:
         return {"rng": self._rng.bit_generator.state, "states": self._states}

@@ -78,8 +78,8 @@ class PopulationAnnealingSampler(Sampler):
         # each population's exp(log Z) is an unbiased estimate of Z, so their mean is too
         log_zs = torch.tensor([r[1] for r in runs], dtype=torch.float64)
         log_z = float(torch.logsumexp(log_zs, 0)) - math.log(len(runs))
-        self.info = {"log_z": log_z, "ess": min(r[2] for r in runs), "populations": len(runs)}
-        return torch.cat([r[0] for r in runs])[:num_samples]
+        info = {"log_z": log_z, "ess": min(r[2] for r in runs), "populations": len(runs)}
+        return torch.cat([r[0] for r in runs])[:num_samples], info
 
     def state_dict(self) -> dict:
         if self._generator is None:

@@ -41,11 +41,17 @@ import numpy as np
 import torch
 
 import topologies
-from samplers.base import SEED, Option, Sampler, SamplerOptionError, non_negative, positive
+from samplers.base import (SEED, Option, Sampler, SamplerOptionError, check_options, non_negative,
+                           positive)
 from samplers.model import BipartiteModel
 
 # Solver parameters this backend sets itself; anything else goes through `solver_parameters`.
 QPU_PARAMETERS = ("annealing_time", "programming_thermalization", "readout_thermalization")
+# Options a topology file's `qpu:` block may default (facts about a chip and its solver); code
+# paths and client settings are left out, so a shared topology file never names code to import.
+TOPOLOGY_DEFAULTS = ("solver", "num_reads", *QPU_PARAMETERS, "chain_strength",
+                     "chain_break_method", "beta_eff")
+CHAIN_BREAK_METHODS = ("majority_vote", "discard", "weighted_random")
 
 
 class QPUError(RuntimeError):
@@ -192,11 +198,28 @@ def _make_range_guard(child, policy: str):
     return RangeGuard()
 
 
+def topology_defaults(topology: topologies.Topology) -> dict:
+    """The topology file's `qpu:` block, validated with this sampler's own option rules."""
+    block = dict(topology.qpu)
+    where = f"topology '{topology.name}' ({topology.source or 'in memory'})"
+    unknown = sorted(set(block) - set(TOPOLOGY_DEFAULTS))
+    if unknown:
+        raise SamplerOptionError(
+            f"{where}: unknown qpu key '{unknown[0]}'; accepted: {', '.join(TOPOLOGY_DEFAULTS)}"
+        )
+    try:
+        return check_options("qpu", block)
+    except SamplerOptionError as exc:
+        raise SamplerOptionError(f"{where}: qpu block: {exc}") from None
+
+
 class QPUSampler(Sampler):
     name = "qpu"
+    topology_defaults = staticmethod(topology_defaults)
     parameters = {
         "topology": Option(None, (str, topologies.Topology), None,
-                           "topology name or YAML path (native or embedded)", nullable=True),
+                           "topology name or YAML path (native or embedded)", nullable=True,
+                           run_key="topology"),
         "child_sampler": Option(None, (str, object), None,
                                 "structured dimod sampler, or 'module:callable' factory; "
                                 "null: DWaveSampler", nullable=True),
@@ -216,7 +239,7 @@ class QPUSampler(Sampler):
         "solver_parameters": Option({}, (dict,), None, "extra solver parameters per call"),
         "chain_strength": Option(None, (int, float), positive, "> 0; null: torque compensation",
                                  nullable=True),
-        "chain_break_method": Option(None, (str,), lambda v: v in topologies.loader.CHAIN_BREAK_METHODS,
+        "chain_break_method": Option(None, (str,), lambda v: v in CHAIN_BREAK_METHODS,
                                      "majority_vote, discard or weighted_random", nullable=True),
         "range_policy": Option("error", (str,), lambda v: v in ("error", "clip"), "error or clip"),
         "recalibrate_every": Option(0, (int,), non_negative,
@@ -244,7 +267,7 @@ class QPUSampler(Sampler):
                 f"sampler 'qpu': topology '{self.topology.name}' is dense; use a native or "
                 "embedded topology"
             )
-        defaults = dict(self.topology.qpu)
+        defaults = topology_defaults(self.topology)
         pick = lambda key: self.options[key] if self.options[key] is not None else defaults.get(key)  # noqa: E731
         self.beta_eff = pick("beta_eff")
         if self.beta_eff is None:
@@ -542,9 +565,8 @@ class QPUSampler(Sampler):
                 self.set_beta_eff(est.beta)
                 info.update(recalibrated=True, beta_eff_measured=est.beta,
                             beta_eff_stderr=est.stderr)
-        self.info = info
         z = (spins > 0).astype(np.float64 if model.dtype == torch.float64 else np.float32)
-        return torch.from_numpy(z).to(model.dtype)  # z = (s + 1) / 2
+        return torch.from_numpy(z).to(model.dtype), info  # z = (s + 1) / 2
 
     # ---- temperature ----------------------------------------------------------------------
     def measure_beta_eff(self, num_bootstrap: int | None = None, seed: int | None = None):

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 
+from samplers.base import TemperatureScaled
 from samplers.model import BipartiteModel
 
 LOG_BETA_MIN, LOG_BETA_MAX = math.log(1e-3), math.log(1e3)  # Ocean's T_bracket (0.001, 1000)
@@ -225,10 +226,10 @@ def calibrate(sampler, model: BipartiteModel, num_samples: int = 1000, *,
     (or `max_iterations`). Any other sampler is measured once: β_eff is then β̂ of its samples
     against the model's energy (model.beta for an exact sampler).
     """
-    scalable = hasattr(sampler, "measure_beta_eff")
+    scalable = isinstance(sampler, TemperatureScaled)
     history = [float(sampler.beta_eff)] if scalable else []
     for it in range(1, max_iterations + 1):
-        z = sampler.sample(model, num_samples)
+        z, info = sampler.draw(model, num_samples)
         at_model = estimate_beta(model, z, num_bootstrap=num_bootstrap, seed=seed,
                                  beta_guess=max(model.beta, 1e-3))
         if not scalable:
@@ -241,15 +242,14 @@ def calibrate(sampler, model: BipartiteModel, num_samples: int = 1000, *,
         history.append(beta_eff)
         if converged:
             break
-    info = sampler.info
-    estimate_fn = getattr(sampler, "estimated_access_time_us", None)
     return CalibrationResult(
         beta_eff=float(beta_eff),
         stderr=float(stderr),
         beta_model=float(at_model.beta),
         chain_break_fraction=info.get("chain_break_fraction"),
         qpu_access_time_us=info.get("qpu_access_time_us"),
-        estimated_qpu_access_time_us=estimate_fn(model, num_samples) if estimate_fn else None,
+        estimated_qpu_access_time_us=(sampler.estimated_access_time_us(model, num_samples)
+                                      if scalable else None),
         num_samples=num_samples,
         iterations=it,
         history=tuple(history),
@@ -279,14 +279,12 @@ def calibrate_cli(topology, sampler: str = "qpu", num_reads: int = 1000, seed: i
     import topologies
 
     topo = topologies.load(topology)
-    options = {"seed": seed}
     declared = samplers.declared_options(sampler)
-    if "topology" in declared:
-        options["topology"] = topology
+    options = {}
     if "child_sampler" in declared and child_sampler is not None:
         options["child_sampler"] = child_sampler
     if "num_reads" in declared:
         options["num_reads"] = num_reads
-    smp = samplers.get(sampler, **options)
+    smp = samplers.get(sampler, run={"seed": seed, "topology": topology}, **options)
     model = random_native_model(topo, num_left, num_right, seed=seed)
     return calibrate(smp, model, num_samples=num_reads, seed=seed)

@@ -75,8 +75,7 @@ def test_calibrated_samples_match_exact_boltzmann(topology):
 def test_info_records_timing_chain_breaks_and_calls():
     model = _native_model("chimera_c4", 6, 6)
     sampler = _qpu(num_reads=100, beta_eff=4.0)
-    z = sampler.sample(model, 250)
-    info = sampler.info
+    z, info = sampler.draw(model, 250)
     assert z.shape == (250, 12)
     assert info["num_qpu_calls"] == 3 and info["retries"] == 0
     assert info["beta_eff"] == 4.0 and info["chain_break_fraction"] == 0.0
@@ -89,11 +88,11 @@ def test_info_records_timing_chain_breaks_and_calls():
 def test_embedded_mode_unembeds_and_reports_chain_breaks():
     model = random_native_model(topologies.load("zephyr_z2_embedded"), 12, 12, seed=0)
     sampler = _qpu("zephyr_z2_embedded", beta_eff=4.0, num_reads=200, range_policy="clip")
-    z = sampler.sample(model, 200)
+    z, info = sampler.draw(model, 200)
     assert z.shape == (200, 24)
     emb = topologies.load("zephyr_z2_embedded").embedding(12, 12)
     assert max(map(len, emb.values())) > 1  # chains are really in play
-    assert 0.0 <= sampler.info["chain_break_fraction"] <= 1.0
+    assert 0.0 <= info["chain_break_fraction"] <= 1.0
 
 
 def test_range_violation_is_an_error_naming_the_worst_value():
@@ -102,18 +101,18 @@ def test_range_violation_is_an_error_naming_the_worst_value():
     with pytest.raises(QPURangeError, match=r"outside (h|j)_range") as err:
         sampler.sample(model, 10)
     assert "\n" not in str(err.value) and "range_policy: clip" in str(err.value)
-    assert sampler.calls == 0 and sampler.info == {}
+    assert sampler.calls == 0 and not hasattr(sampler, "info")
 
 
 def test_range_clip_reports_the_clipped_fraction():
     model = _native_model("chimera_c4", 4, 4, scale=30.0)
     sampler = _qpu(beta_eff=1.0, range_policy="clip", num_reads=20)
-    sampler.sample(model, 20)
+    info = sampler.draw(model, 20).info
     bqm = sampler.programmed_bqm(model)
     h, (_, _, j), _ = bqm.to_numpy_vectors()
     expected = ((np.abs(h) > 4).sum() + (np.abs(j) > 1).sum()) / (len(h) + len(j))
     assert expected > 0
-    assert sampler.info["clipped_fraction"] == pytest.approx(expected)
+    assert info["clipped_fraction"] == pytest.approx(expected)
 
 
 def test_structure_errors():
@@ -177,8 +176,8 @@ def test_transient_errors_are_retried_with_backoff():
     child = Flaky(thermal_mock("chimera_c4", seed=0), RequestTimeout("API request timed out"), 2)
     sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child,
                            retry_backoff_s=0.01, max_retries=3, seed=0)
-    z = sampler.sample(_native_model("chimera_c4", 4, 4), 20)
-    assert z.shape == (20, 8) and sampler.info["retries"] == 2 and child.attempts == 3
+    z, info = sampler.draw(_native_model("chimera_c4", 4, 4), 20)
+    assert z.shape == (20, 8) and info["retries"] == 2 and child.attempts == 3
 
 
 def test_exhausted_or_permanent_errors_leave_state_untouched():
@@ -194,7 +193,7 @@ def test_exhausted_or_permanent_errors_leave_state_untouched():
         with pytest.raises(QPUError, match=match) as err:
             sampler.sample(model, 10)
         assert "\n" not in str(err.value) and err.value.__cause__ is None
-        assert sampler.state_dict() == before and sampler.info == {}
+        assert sampler.state_dict() == before and not hasattr(sampler, "info")
 
 
 def test_bugs_are_not_wrapped():
@@ -229,8 +228,8 @@ def test_token_never_leaks(tmp_path, monkeypatch):
     with pytest.raises(QPUError) as err:
         sampler.sample(model, 5)
     assert SECRET not in str(err.value) and "***" in str(err.value)
-    sampler.sample(model, 5)
-    for text in (repr(sampler), repr(sampler.info), repr(sampler.state_dict())):
+    info = sampler.draw(model, 5).info
+    for text in (repr(sampler), repr(info), repr(sampler.state_dict())):
         assert SECRET not in text
     # the real client with the token set, at an endpoint it cannot use (fails at once, offline)
     real = samplers.get("qpu", topology="chimera_c4", max_retries=0,
@@ -243,12 +242,12 @@ def test_token_never_leaks(tmp_path, monkeypatch):
 def test_recalibration_every_n_calls_moves_beta_eff_to_truth():
     model = _native_model("chimera_c4", 8, 8, seed=2)
     sampler = _qpu(beta_true=3.0, beta_eff=6.0, num_reads=500, recalibrate_every=2)
-    sampler.sample(model, 500)
-    assert sampler.info["recalibrated"] is False and sampler.beta_eff == 6.0
-    sampler.sample(model, 500)
-    assert sampler.info["recalibrated"] is True
+    info = sampler.draw(model, 500).info
+    assert info["recalibrated"] is False and sampler.beta_eff == 6.0
+    info = sampler.draw(model, 500).info
+    assert info["recalibrated"] is True
     assert abs(sampler.beta_eff - 3.0) / 3.0 < 0.05
-    assert sampler.info["beta_eff"] == 6.0  # the value used for this call's samples
+    assert info["beta_eff"] == 6.0  # the value used for this call's samples
     assert sampler.state_dict()["beta_eff_history"] == [6.0, sampler.beta_eff]
 
 
@@ -335,7 +334,28 @@ def test_recalibration_on_an_uninformative_prior_keeps_beta_eff_and_says_so():
     zero = samplers.BipartiteModel(torch.zeros(8), torch.zeros(8), torch.zeros(8, 8))
     qpu = samplers.get("qpu", topology="chimera_c4", beta_eff=3.0, recalibrate_every=1, seed=0,
                        child_sampler=thermal_mock("chimera_c4", beta=5.0, seed=0))
-    z = qpu.sample(zero, 50)
+    z, info = qpu.draw(zero, 50)
     assert z.shape == (50, 16)
-    assert qpu.info["beta_eff"] == 3.0 and not qpu.info["recalibrated"]
-    assert "recalibration_skipped" in qpu.info
+    assert info["beta_eff"] == 3.0 and not info["recalibrated"]
+    assert "recalibration_skipped" in info
+
+
+@pytest.mark.parametrize("block,match", [
+    ("{num_reeds: 5}", "unknown qpu key 'num_reeds'"),
+    ("{num_reads: 0}", "num_reads"),
+    ("{child_sampler: 'os:system'}", "unknown qpu key 'child_sampler'"),
+])
+def test_topology_qpu_block_is_validated_by_the_sampler(tmp_path, block, match):
+    """The file's `qpu:` defaults are checked with the qpu sampler's own option rules, when
+    the sampler is built and when a config names the topology; a file never names code."""
+    from dvae_q.config import load_config
+    from dvae_q.errors import BadInput
+
+    path = tmp_path / "chip.yaml"
+    path.write_text(f"family: chimera\nshape: [4, 4, 4]\nmode: native\nqpu: {block}\n")
+    topologies.load(path)  # the loader itself only checks that the block is a mapping
+    with pytest.raises(samplers.SamplerOptionError, match=match) as err:
+        samplers.get("qpu", topology=str(path))
+    assert "\n" not in str(err.value)
+    with pytest.raises(BadInput, match=match):
+        load_config("smoke", [f"topology={path}"])

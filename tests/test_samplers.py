@@ -128,9 +128,9 @@ def test_pa_log_z_matches_enumeration():
     neg_e = -model.to(dtype=torch.float64).energy(states)
     exact = float(torch.logsumexp(neg_e, 0))
     sampler = samplers.get("pa", seed=0, num_particles=4000, num_betas=100)
-    sampler.sample(model, 100)
-    assert abs(sampler.info["log_z"] - exact) < 0.05
-    assert 0 < sampler.info["ess"] <= 1
+    info = sampler.draw(model, 100).info
+    assert abs(info["log_z"] - exact) < 0.05
+    assert 0 < info["ess"] <= 1
 
 
 def test_neal_reads_are_thermal_not_ground_states():
@@ -138,12 +138,12 @@ def test_neal_reads_are_thermal_not_ground_states():
     states, p = brute_force(model)
     energies = model.to(dtype=torch.float64).energy(states)
     sampler = samplers.get("neal", seed=1)
-    z = sampler.sample(model, 5000)
+    z, info = sampler.draw(model, 5000)
     mean_e = float(model.energy(z).mean())
     exact_mean = float(p @ energies)
     assert abs(mean_e - exact_mean) < 0.1
     assert mean_e > float(energies.min()) + 1.0  # an optimiser would sit at the minimum
-    assert sampler.info["schedule"] == "geometric" and sampler.info["beta_final"] == 1.0
+    assert info["schedule"] == "geometric" and info["beta_final"] == 1.0
 
 
 def test_neal_schedule_ends_at_model_beta():
@@ -235,8 +235,8 @@ def test_get_validates_names_and_options():
 def test_dimod_adapter_flags_optimisers_and_accepts_boltzmann_samplers():
     model = rbm(4, 5, seed=2, scale=1.0)
     tabu = samplers.get("dimod", sampler="dwave.samplers.TabuSampler", seed=0)
-    z = tabu.sample(model, 20)
-    assert tabu.boltzmann is False and tabu.info["boltzmann"] is False
+    z, info = tabu.draw(model, 20)
+    assert tabu.boltzmann is False and info["boltzmann"] is False
     states, p = brute_force(model)
     e_min = float(model.to(dtype=torch.float64).energy(states).min())
     assert float(model.energy(z).min()) == pytest.approx(e_min, abs=1e-5)  # an optimiser

@@ -40,9 +40,8 @@ def brute_log_z(model):
 def test_info_has_shared_keys_and_float32_output(name):
     model = rbm(3, 4, seed=0, beta=1.5)
     sampler = samplers.get(name, seed=0)
-    z = sampler.sample(model, 7, dtype=torch.float32)
+    z, info = sampler.draw(model, 7, dtype=torch.float32)
     assert z.shape == (7, 7) and z.dtype == torch.float32 and set(z.unique().tolist()) <= {0.0, 1.0}
-    info = sampler.info
     assert info["beta"] == 1.5 and info["num_samples"] == 7 and info["time_s"] >= 0
     assert info["mean_energy"] == pytest.approx(float(model.energy(z).mean()), abs=1e-5)
     extras = {"gibbs": "chain_sweeps", "pa": "log_z", "neal": "schedule", "exact": "log_z",
@@ -93,7 +92,7 @@ def test_gibbs_read_out_rules():
     model = rbm(4, 5, seed=2)
     c, sweeps, thin = 20, 3, 2
     many = samplers.get("gibbs", num_chains=c, sweeps=sweeps, thin=thin, seed=4)
-    z = many.sample(model, 2 * c + 5)
+    z, info = many.draw(model, 2 * c + 5)
     assert z.shape == (2 * c + 5, 9)
     # the same chains advanced by `sweeps` then by `thin` in separate calls give the same reads
     first = samplers.get("gibbs", num_chains=c, sweeps=sweeps, seed=4)
@@ -104,7 +103,7 @@ def test_gibbs_read_out_rules():
     third = samplers.get("gibbs", num_chains=c, sweeps=thin, seed=0)
     third.load_state_dict(second.state_dict())
     assert torch.equal(third.sample(model, 5), z[2 * c :])
-    assert many.info["chain_sweeps"] == (sweeps + 2 * thin) * c
+    assert info["chain_sweeps"] == (sweeps + 2 * thin) * c
     # all chains advance even when only a few are read
     few = samplers.get("gibbs", num_chains=c, sweeps=sweeps, seed=4)
     head = few.sample(model, 5)
@@ -123,13 +122,12 @@ def test_gibbs_follows_the_model_dtype_and_a_size_change():
 def test_pa_log_z_at_other_temperatures(beta):
     model = rbm(5, 7, seed=6, scale=0.8, beta=beta)
     sampler = samplers.get("pa", seed=1, num_particles=4000, num_betas=100)
-    sampler.sample(model, 10)
+    info = sampler.draw(model, 10).info
     # 4,000 particles, 100 steps: over 10 seeds the error had sd ≤ 0.007 nat and never exceeded
     # 0.016 on these models; 0.05 is 7 sd, while a missing β factor moves log Z by ≥ 0.67 nat
-    assert abs(sampler.info["log_z"] - brute_log_z(model)) < 0.05
+    assert abs(info["log_z"] - brute_log_z(model)) < 0.05
     exact = samplers.get("exact", seed=0)
-    exact.sample(model, 1)
-    assert exact.info["log_z"] == pytest.approx(brute_log_z(model), abs=1e-9)
+    assert exact.draw(model, 1).info["log_z"] == pytest.approx(brute_log_z(model), abs=1e-9)
 
 
 def test_exact_draws_the_wide_side_from_its_conditional():
@@ -154,11 +152,11 @@ def test_exact_draws_the_wide_side_from_its_conditional():
 def test_pa_averages_log_z_over_populations():
     model = rbm(4, 6, seed=8, scale=0.8)
     sampler = samplers.get("pa", seed=3, num_particles=500, num_betas=50)
-    sampler.sample(model, 2000)
-    assert sampler.info["populations"] == 4
+    info = sampler.draw(model, 2000).info
+    assert info["populations"] == 4
     # over 20 seeds: sd 0.012 nat for one population of 500, 0.008 for the average of four;
     # 0.05 is > 6 sd
-    assert abs(sampler.info["log_z"] - brute_log_z(model)) < 0.05
+    assert abs(info["log_z"] - brute_log_z(model)) < 0.05
 
 
 def test_persistent_constant_neal_is_fixed_temperature_mcmc():

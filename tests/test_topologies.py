@@ -119,8 +119,7 @@ def test_embedding_cache_defaults_to_env_dir(tmp_path, monkeypatch):
     ("family: zephyr\nshape: [0]\nmode: native\n", "impossible"),
     ("family: zephyr\nshape: [2]\nmode: quantum\n", "mode"),
     ("family: zephyr\nshape: [2]\nmode: native\ncolour: red\n", "unknown key 'colour'"),
-    ("family: zephyr\nshape: [2]\nmode: native\nqpu: {num_reeds: 5}\n", "unknown qpu key 'num_reeds'"),
-    ("family: zephyr\nshape: [2]\nmode: native\nqpu: {num_reads: 0}\n", "num_reads"),
+    ("family: zephyr\nshape: [2]\nmode: native\nqpu: [1, 2]\n", "'qpu' must be a mapping"),
     ("mode: dense\nfamily: zephyr\n", "dense takes no family"),
     ("family: zephyr\nshape: [2\n", "not valid YAML"),
 ])
