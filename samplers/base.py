@@ -44,6 +44,11 @@ class SamplerOptionError(ValueError):
     """Unknown sampler name, unknown option, or an option of the wrong type or range."""
 
 
+class SamplerFailure(RuntimeError):
+    """A sampler could not deliver at run time (a device, a cloud service, a remote process);
+    the message is one line and free of secrets."""
+
+
 @dataclass(frozen=True)
 class Option:
     """One declared sampler option: default, accepted types, an optional range check and doc.

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 import topologies
-from samplers.base import (SEED, Option, Sampler, SamplerOptionError, check_options, non_negative,
-                           positive)
+from samplers.base import (SEED, Option, Sampler, SamplerFailure, SamplerOptionError,
+                           check_options, non_negative, positive)
 from samplers.model import BipartiteModel
 
 # Solver parameters this backend sets itself; anything else goes through `solver_parameters`.
@@ -54,7 +54,7 @@ TOPOLOGY_DEFAULTS = ("solver", "num_reads", *QPU_PARAMETERS, "chain_strength",
 CHAIN_BREAK_METHODS = ("majority_vote", "discard", "weighted_random")
 
 
-class QPUError(RuntimeError):
+class QPUError(SamplerFailure):
     """A permanent QPU/cloud failure, or retries exhausted (message free of secrets)."""
 
 
