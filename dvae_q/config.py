@@ -175,6 +175,8 @@ def _shown(value: Any) -> str:
     (a string could be a secret typed into the wrong key)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return repr(value)
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
     return f"a {type(value).__name__} value"
 
 

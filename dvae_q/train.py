@@ -165,6 +165,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, quiet: bool = Fal
     if not resume:
         run.check_new()
     parts = parts or build_parts(cfg)
+    parts.sampler.preflight()
     try:
         start, best_valid, wall, log_z_est = _start(parts, run, resume)
         board = cfg.tensorboard if cfg.tensorboard is not None else metrics_file.tensorboard_available()

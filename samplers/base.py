@@ -166,6 +166,11 @@ class Sampler:
     def _sample(self, model: BipartiteModel, num_samples: int) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    def preflight(self) -> None:
+        """Check, without network access or side effects, what would make the first call fail
+        for reasons the user must fix (e.g. missing credentials); raise SamplerOptionError.
+        Training calls it before it creates a run directory. Local backends need nothing."""
+
     def state_dict(self) -> dict:
         """Persistent state for checkpoints; stateless backends return {}."""
         return {}

@@ -295,6 +295,26 @@ class QPUSampler(Sampler):
         self._last: tuple | None = None
 
     # ---- child, lazily -------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Without a child sampler the D-Wave client needs a token: resolve the client's
+        configuration locally (environment, config file; no network) and fail now if it has
+        none, so training never creates a run directory it cannot use."""
+        if self.options["child_sampler"] is not None or self._child is not None:
+            return
+        from dwave.cloud.config import load_config
+
+        try:
+            found = load_config(**{k: v for k, v in self.options["client_config"].items()
+                                   if k in ("config_file", "profile")})
+        except Exception as exc:  # an unreadable dwave config file
+            raise QPUConfigError(f"sampler 'qpu': cannot read the D-Wave client configuration "
+                                 f"({type(exc).__name__})") from None
+        if not found.get("token"):
+            raise QPUConfigError(
+                "sampler 'qpu': no D-Wave API token; set DWAVE_API_TOKEN or create a config "
+                "file with `dwave config create`"
+            )
+
     def _connect(self):
         from dwave.cloud.exceptions import SolverNotFoundError
         from dwave.system import DWaveSampler
