@@ -1,4 +1,4 @@
-"""Offline QPU test double: a "thermal QPU" (ocean_notes §10).
+"""Offline QPU test doubles: a "thermal QPU" whose effective temperature is known exactly.
 
 `thermal_mock(topology, beta=b)` is a `MockDWaveSampler` with the topology's hardware graph and
 properties (h_range, j_range, timing, ...) whose substitute sampler is simulated annealing held at

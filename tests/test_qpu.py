@@ -79,7 +79,7 @@ def test_info_records_timing_chain_breaks_and_calls():
     assert z.shape == (250, 12)
     assert info["num_qpu_calls"] == 3 and info["retries"] == 0
     assert info["beta_eff"] == 4.0 and info["chain_break_fraction"] == 0.0
-    # the mock's fixed fake timing (ocean_notes §9): 8550.28 µs of access per QPU call
+    # MockDWaveSampler reports a fixed fake timing: 8550.28 µs of access per QPU call
     assert info["qpu_access_time_us"] == pytest.approx(3 * 8550.28)
     assert info["timing"]["qpu_access_time"] == info["qpu_access_time_us"]
     assert info["time_s"] > 0 and info["clipped_fraction"] == 0.0

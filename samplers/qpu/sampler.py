@@ -1,0 +1,341 @@
+"""`QPUSampler`: the `qpu` backend, a D-Wave QPU (or any structured dimod sampler) as a Boltzmann
+sampler of a `BipartiteModel`.
+
+Layers, innermost first: the child (`client`), `RangeGuardComposite` (`range_guard`), and in
+embedded mode `FixedEmbeddingComposite` with the topology's cached embedding (`plan`). Answers are
+raw reads (`answer_mode='raw'`); more samples than one call gives take several calls (`timing`
+schedules them, `calls` retries them). A permanent failure raises `QPUError` and leaves the
+sampler's state as before the call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+import topologies
+from samplers.base import (SEED, Option, Sampler, SamplerOptionError, TemperatureScaled,
+                           check_options, non_negative, positive)
+from samplers.model import BipartiteModel
+from samplers.qpu import client, plan as plans, timing
+from samplers.qpu.calls import Retry
+from samplers.qpu.errors import QPUError
+from samplers.qpu.range_guard import POLICIES, RangeGuardComposite
+
+# Solver parameters this backend sets itself; anything else goes through `solver_parameters`.
+QPU_PARAMETERS = ("annealing_time", "programming_thermalization", "readout_thermalization")
+# Options a topology file's `qpu:` block may default (facts about a chip and its solver); code
+# paths and client settings are left out, so a shared topology file never names code to import.
+TOPOLOGY_DEFAULTS = ("solver", "num_reads", *QPU_PARAMETERS, "chain_strength",
+                     "chain_break_method", "beta_eff")
+CHAIN_BREAK_METHODS = ("majority_vote", "discard", "weighted_random")
+
+
+def topology_defaults(topology: topologies.Topology) -> dict:
+    """The topology file's `qpu:` block, validated with this sampler's own option rules."""
+    block = dict(topology.qpu)
+    where = f"topology '{topology.name}' ({topology.source or 'in memory'})"
+    unknown = sorted(set(block) - set(TOPOLOGY_DEFAULTS))
+    if unknown:
+        raise SamplerOptionError(
+            f"{where}: unknown qpu key '{unknown[0]}'; accepted: {', '.join(TOPOLOGY_DEFAULTS)}"
+        )
+    try:
+        return check_options("qpu", block)
+    except SamplerOptionError as exc:
+        raise SamplerOptionError(f"{where}: qpu block: {exc}") from None
+
+
+PARAMETERS = {
+    "topology": Option(None, (str, topologies.Topology), None,
+                       "topology name or YAML path (native or embedded)", nullable=True,
+                       run_key="topology"),
+    "child_sampler": Option(None, (str, object), None,
+                            "structured dimod sampler, or 'module:callable' factory; "
+                            "null: DWaveSampler", nullable=True),
+    "child_kwargs": Option({}, (dict,), None, "keyword arguments of the child factory"),
+    "solver": Option(None, (str, dict), None, "solver name or feature filter", nullable=True),
+    "client_config": Option({}, (dict,), None,
+                            "DWaveSampler/dwave.cloud options (profile, region, "
+                            "config_file, endpoint); never a token"),
+    "beta_eff": Option(None, (int, float), positive, "initial β_eff > 0", nullable=True),
+    "num_reads": Option(None, (int,), lambda v: 1 <= v <= timing.MAX_READS,
+                        "reads per call, 1..10000", nullable=True),
+    "annealing_time": Option(None, (int, float), positive, "µs > 0", nullable=True),
+    "programming_thermalization": Option(None, (int, float), non_negative, "µs >= 0",
+                                         nullable=True),
+    "readout_thermalization": Option(None, (int, float), non_negative, "µs >= 0", nullable=True),
+    "solver_parameters": Option({}, (dict,), None, "extra solver parameters per call"),
+    "chain_strength": Option(None, (int, float), positive, "> 0; null: torque compensation",
+                             nullable=True),
+    "chain_break_method": Option(None, (str,), lambda v: v in CHAIN_BREAK_METHODS,
+                                 "majority_vote, discard or weighted_random", nullable=True),
+    "range_policy": Option("error", (str,), lambda v: v in POLICIES, "error or clip"),
+    "recalibrate_every": Option(0, (int,), non_negative, "re-measure β_eff every N calls; 0: never"),
+    "calibration_bootstrap": Option(50, (int,), non_negative, "bootstrap replicates"),
+    "max_retries": Option(3, (int,), non_negative, "retries of transient errors"),
+    "retry_backoff_s": Option(1.0, (int, float), non_negative,
+                              "first retry delay (s), doubled each retry"),
+    "seed": SEED,
+}
+
+
+def _chain_break(name: str):
+    from dwave.embedding import chain_breaks
+
+    return getattr(chain_breaks, name)
+
+
+class QPUSampler(Sampler, TemperatureScaled):
+    """Samples p(z) ∝ exp(−β·E(z)) on a QPU by programming β·E/β_eff (see `plan`).
+
+    β_eff starts at the `beta_eff` option (default: the topology file's `qpu.beta_eff`) and is
+    re-measured by pseudo-likelihood against the problem actually programmed every
+    `recalibrate_every` calls, or by `samplers.temperature.calibrate`.
+    """
+
+    name = "qpu"
+    topology_defaults = staticmethod(topology_defaults)
+    parameters = PARAMETERS
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.topology = self._load_topology()
+        self._settle(topology_defaults(self.topology))
+        spec = self.options["child_sampler"]
+        self._factory = client.resolve_factory(spec) if isinstance(spec, str) else None
+        if spec is not None and not isinstance(spec, str) and self.options["child_kwargs"]:
+            raise SamplerOptionError("sampler 'qpu': child_kwargs only apply to a factory path")
+        self._retry = Retry(self.options["max_retries"], self.options["retry_backoff_s"])
+        self._child = None
+        self._guard = None
+        self._plans: dict = {}
+        self._rng = np.random.default_rng(self.options["seed"])
+        self.calls = 0
+        self.beta_eff_history: list[float] = [self.beta_eff]
+        self._last: tuple | None = None
+
+    def _load_topology(self) -> topologies.Topology:
+        if "token" in self.options["client_config"]:
+            # refused without echoing the value: configs are written to run directories
+            raise SamplerOptionError(
+                "sampler 'qpu' option 'client_config': never put a token in a config; set "
+                "DWAVE_API_TOKEN or use the dwave config file"
+            )
+        if self.options["topology"] is None:
+            raise SamplerOptionError("sampler 'qpu' needs option 'topology' (a name or YAML path)")
+        topo = topologies.load(self.options["topology"])
+        if topo.mode == "dense":
+            raise SamplerOptionError(
+                f"sampler 'qpu': topology '{topo.name}' is dense; use a native or embedded topology"
+            )
+        return topo
+
+    def _settle(self, defaults: dict) -> None:
+        """Each option's value: the one given, else the topology file's default."""
+        def pick(key):
+            return self.options[key] if self.options[key] is not None else defaults.get(key)
+
+        if pick("beta_eff") is None:
+            raise SamplerOptionError(
+                f"sampler 'qpu' needs option 'beta_eff' (topology '{self.topology.name}' has no "
+                "qpu.beta_eff default)"
+            )
+        self.beta_eff = float(pick("beta_eff"))
+        self.num_reads = pick("num_reads")
+        self.solver = pick("solver")
+        self.chain_strength = pick("chain_strength")
+        self.chain_break_method = pick("chain_break_method") or "majority_vote"
+        self._explicit = {k: self.options[k] for k in QPU_PARAMETERS if self.options[k] is not None}
+        self._defaults = {k: defaults[k] for k in QPU_PARAMETERS if defaults.get(k) is not None}
+
+    # ---- the child, lazily -----------------------------------------------------------------
+    def _ensure_child(self) -> None:
+        if self._child is not None:
+            return
+        spec = self.options["child_sampler"]
+        if spec is None:
+            child = self._retry.run(lambda: client.connect(self.options["client_config"],
+                                                            self.solver))[0]
+        elif self._factory is not None:
+            child = client.from_factory(self._factory, self.options["child_kwargs"], self.topology)
+        else:
+            child = spec
+        client.check_child(child, self.topology)
+        self._guard = RangeGuardComposite(child, self.options["range_policy"])
+        self._child = child
+
+    def close(self) -> None:
+        """Release the child's resources (the cloud client's connections, for a real QPU)."""
+        if self._guard is not None:
+            self._guard.close()
+
+    def _plan(self, model: BipartiteModel) -> plans.Plan:
+        key = (model.num_left, model.num_right)
+        if key not in self._plans:
+            make = plans.native_plan if self.topology.mode == "native" else plans.embedded_plan
+            self._plans[key] = make(self.topology, *key, self._guard)
+        return self._plans[key]
+
+    def programmed_bqm(self, model: BipartiteModel):
+        """The SPIN BQM sent for `model`: the Ising form of β·E on the plan's labels, times
+        1/β_eff (before range checks)."""
+        self._ensure_child()
+        plan = self._plan(model)
+        h, quad = plans.ising(model, plan, self.beta_eff, self.topology.name)
+        return plans.to_bqm(plan, h, quad, model.num_left)
+
+    # ---- calls -------------------------------------------------------------------------------
+    def _solver_kwargs(self, reads: int) -> dict:
+        accepted = set(getattr(self._child, "parameters", {}) or {})
+        kwargs = {"num_reads": reads}
+        for key, value in (("answer_mode", "raw"), ("auto_scale", False)):
+            if key in accepted:
+                kwargs[key] = value
+        for key, value in self._defaults.items():
+            if key in accepted:   # topology defaults apply where the child has the parameter
+                kwargs[key] = value
+        for key, value in {**self._explicit, **self.options["solver_parameters"]}.items():
+            if key not in accepted:
+                raise SamplerOptionError(f"sampler 'qpu': the child sampler has no parameter '{key}'")
+            kwargs[key] = value
+        return kwargs
+
+    def _embedding_kwargs(self, plan: plans.Plan) -> dict:
+        if not plan.embedded:
+            return {}
+        extra = {"chain_break_method": _chain_break(self.chain_break_method),
+                 "chain_break_fraction": True}
+        if self.chain_strength is not None:
+            extra["chain_strength"] = float(self.chain_strength)
+        return extra
+
+    def _sample(self, model: BipartiteModel, num_samples: int):
+        state = (self._rng.bit_generator.state, self.calls, self._last, self.beta_eff,
+                 list(self.beta_eff_history))
+        try:
+            return self._sample_calls(model, num_samples)
+        except BaseException:
+            # a failed call leaves no trace
+            (self._rng.bit_generator.state, self.calls, self._last, self.beta_eff,
+             self.beta_eff_history) = state
+            raise
+
+    def _call(self, plan: plans.Plan, bqm, kwargs: dict):
+        """One QPU call, resolved, with retries: (answer, retries)."""
+        def call():
+            answer = plan.sampler.sample(bqm, **kwargs)
+            answer.resolve()
+            return answer
+
+        return self._retry.run(call)
+
+    def _sample_calls(self, model: BipartiteModel, num_samples: int):
+        self._ensure_child()
+        plan = self._plan(model)
+        bqm = self.programmed_bqm(model)
+        extra = self._embedding_kwargs(plan)
+        blocks, breaks, programmed = [], [], None
+        acc = {"timing": {}, "retries": 0, "clipped_fraction": 0.0, "num_qpu_calls": 0}
+        total = 0
+        while total < num_samples:
+            reads = timing.reads_per_call(num_samples - total, self.num_reads)[0]
+            answer, retries = self._call(plan, bqm, {**self._solver_kwargs(reads), **extra})
+            spins, read_breaks = plans.decode(answer, plan)
+            if len(spins) == 0:
+                raise QPUError("sampler 'qpu': the solver returned no samples "
+                               "(chain_break_method 'discard' dropped them all?)")
+            blocks.append(spins)
+            breaks.append(read_breaks)
+            programmed = answer.info.get("programmed_bqm", programmed)
+            _account(acc, answer.info, retries)
+            total += len(spins)
+        spins = np.concatenate(blocks)[:num_samples]
+        # the problem as actually programmed: qubit level in native mode (clipping included);
+        # logical level (before chains) in embedded mode
+        self._last = (bqm if plan.embedded else programmed, spins, plan.labels)
+        self.calls += 1
+        cbf = float(np.concatenate(breaks)[:num_samples].mean()) if plan.embedded else 0.0
+        info = {"beta_eff": self.beta_eff, "chain_break_fraction": cbf, "timing": acc["timing"],
+                "qpu_access_time_us": acc["timing"].get("qpu_access_time"),
+                "retries": acc["retries"], "num_qpu_calls": acc["num_qpu_calls"],
+                "clipped_fraction": acc["clipped_fraction"], "recalibrated": False}
+        self._maybe_recalibrate(info)
+        z = (spins > 0).astype(np.float64 if model.dtype == torch.float64 else np.float32)
+        return torch.from_numpy(z).to(model.dtype), info  # z = (s + 1) / 2
+
+    def _maybe_recalibrate(self, info: dict) -> None:
+        from samplers.temperature import TemperatureEstimationError
+
+        every = self.options["recalibrate_every"]
+        if not every or self.calls % every:
+            return
+        try:
+            est = self.measure_beta_eff()
+        except TemperatureEstimationError as exc:
+            # a prior with (near) zero fields, as at the start of training, carries no
+            # temperature information: keep β_eff and say so in the call's info
+            info["recalibration_skipped"] = str(exc)
+        else:
+            self.set_beta_eff(est.beta)
+            info.update(recalibrated=True, beta_eff_measured=est.beta, beta_eff_stderr=est.stderr)
+
+    # ---- temperature -------------------------------------------------------------------------
+    def measure_beta_eff(self, num_bootstrap: int | None = None, seed: int | None = None):
+        """β̂ (a `BetaEstimate`) of the last call's samples against the problem it programmed."""
+        from samplers.temperature import estimate_beta
+
+        if self._last is None:
+            raise RuntimeError("measure_beta_eff needs a previous sample() call")
+        bqm, spins, labels = self._last
+        if seed is None:
+            seed = int(self._rng.integers(2**31 - 1))
+        boot = self.options["calibration_bootstrap"] if num_bootstrap is None else num_bootstrap
+        return estimate_beta(bqm, (spins, labels), num_bootstrap=boot, seed=seed,
+                             beta_guess=self.beta_eff)
+
+    def set_beta_eff(self, beta_eff: float) -> None:
+        """Use `beta_eff` for the scaling from the next call on (recorded in the history)."""
+        if not (isinstance(beta_eff, (int, float)) and math.isfinite(beta_eff) and beta_eff > 0):
+            raise ValueError(f"beta_eff must be a finite number > 0, got {beta_eff!r}")
+        self.beta_eff = float(beta_eff)
+        self.beta_eff_history.append(self.beta_eff)
+
+    def estimated_access_time_us(self, model: BipartiteModel, num_samples: int) -> float:
+        """QPU access time of `draw(model, num_samples)` (all its QPU calls) by Ocean's timing
+        model: the solver's own if it has one, else the Advantage4.1 model. Network latency and
+        queueing are not included."""
+        self._ensure_child()
+        plan = self._plan(model)
+        params = {**self._defaults, **self._explicit}
+        reads = timing.reads_per_call(num_samples, self.num_reads)
+        solver = getattr(self._child, "solver", None)
+        if solver is not None and hasattr(solver, "estimate_qpu_access_time"):
+            estimate = solver.estimate_qpu_access_time
+        else:
+            def estimate(num_qubits, **kwargs):
+                return timing.estimate_access_time_us(self.topology, num_qubits, **kwargs)
+        return timing.calls_access_time_us(estimate, plan.num_qubits, reads, params)
+
+    # ---- persistence -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"beta_eff": self.beta_eff, "beta_eff_history": list(self.beta_eff_history),
+                "calls": self.calls, "rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        self.beta_eff = float(state["beta_eff"])
+        self.beta_eff_history = [float(b) for b in state["beta_eff_history"]]
+        self.calls = int(state["calls"])
+        self._rng.bit_generator.state = state["rng"]
+
+
+def _account(acc: dict, info: dict, retries: int) -> None:
+    """Add one call's facts to the draw's totals."""
+    timing.add_timing(acc["timing"], info.get("timing", {}))
+    acc["retries"] += retries
+    acc["num_qpu_calls"] += 1
+    acc["clipped_fraction"] = max(acc["clipped_fraction"], float(info.get("clipped_fraction", 0.0)))
