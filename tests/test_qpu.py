@@ -359,3 +359,47 @@ def test_topology_qpu_block_is_validated_by_the_sampler(tmp_path, block, match):
     assert "\n" not in str(err.value)
     with pytest.raises(BadInput, match=match):
         load_config("smoke", [f"topology={path}"])
+
+
+def test_range_guard_is_a_dimod_composite_that_records_each_call():
+    import dimod
+    import dimod.testing
+
+    from samplers.qpu import RangeGuardComposite
+
+    child = thermal_mock("chimera_c4", seed=0)
+    guard = RangeGuardComposite(child, "clip")
+    dimod.testing.assert_composite_api(guard)
+    dimod.testing.assert_sampler_api(guard)
+    dimod.testing.assert_structured_api(guard)
+    assert guard.children == [child] and guard.nodelist == child.nodelist
+    assert guard.parameters == child.parameters
+    assert guard.properties["child_properties"]["j_range"] == child.properties["j_range"]
+    u, v = child.edgelist[0]
+    inside = dimod.BQM({u: 0.5}, {(u, v): -0.5}, 0.0, "SPIN")
+    outside = dimod.BQM({u: 9.0}, {(u, v): -3.0}, 0.0, "SPIN")
+    first = guard.sample(outside, num_reads=5)
+    second = guard.sample(inside, num_reads=5)
+    # each answer says what its own call programmed, whatever ran in between
+    assert first.info["clipped_fraction"] == pytest.approx(2 / 3) and second.info["clipped_fraction"] == 0.0
+    assert first.info["programmed_bqm"].linear[u] == 4.0
+    assert first.info["programmed_bqm"].quadratic[(u, v)] == -1.0
+    assert second.info["programmed_bqm"] == inside
+    with pytest.raises(QPURangeError, match="outside h_range"):
+        RangeGuardComposite(child).sample(outside, num_reads=1)
+
+
+def test_close_reaches_the_child_and_the_protocol_is_declared():
+    closed = []
+
+    class Closing(MockDWaveSampler):
+        def close(self):
+            closed.append(True)
+
+    child = Closing(topology_type="chimera", topology_shape=[4, 4, 4], parameter_warnings=False)
+    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, seed=0)
+    assert isinstance(sampler, samplers.TemperatureScaled)
+    assert samplers.TemperatureScaled in type(sampler).__mro__  # declared, not just duck-typed
+    sampler.sample(_native_model("chimera_c4", 3, 3), 5)
+    sampler.close()
+    assert closed == [True]
