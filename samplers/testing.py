@@ -62,7 +62,10 @@ def thermal_mock(topology="chimera_c4", beta: float = 5.0, num_sweeps: int = 200
     if broken_nodes:
         graph["broken_nodes"] = (graph["broken_nodes"] or []) + list(broken_nodes)
     if broken_edges:
-        graph["broken_edges"] = (graph["broken_edges"] or []) + [list(e) for e in broken_edges]
+        graph["broken_edges"] = (graph["broken_edges"] or []) + list(broken_edges)
+    if graph["broken_edges"]:
+        # MockDWaveSampler drops an edge only if it finds it as a tuple (lists never match)
+        graph["broken_edges"] = [tuple(e) for e in graph["broken_edges"]]
     return MockDWaveSampler(
         **graph,
         substitute_sampler=FixedBetaGibbs(beta, num_sweeps, seed),

@@ -273,11 +273,17 @@ def test_solver_parameters_reach_the_child():
             return super().sample(bqm, **kwargs)
 
     child = Recorder(topology_type="chimera", topology_shape=[4, 4, 4], parameter_warnings=False)
-    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, annealing_time=50)
+    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, annealing_time=50,
+                           tiles=1)
     sampler.sample(_native_model("chimera_c4", 3, 3), 7)
     assert seen["auto_scale"] is False and seen["answer_mode"] == "raw"
     assert seen["annealing_time"] == 50 and seen["num_reads"] == 100  # topology's num_reads
     assert seen["programming_thermalization"] == 1000  # topology default
+    # tiled: a 3+3 region fits once per Chimera cell (16 copies on C4), so the topology's 100
+    # samples per call take ⌈100/16⌉ = 7 reads
+    tiled = samplers.get("qpu", topology="chimera_c4", child_sampler=child)
+    info = tiled.draw(_native_model("chimera_c4", 3, 3), 7).info
+    assert info["tiles"] == 16 and seen["num_reads"] == 7 and info["num_samples_drawn"] == 112
 
 
 def test_dwave_sampler_is_built_once_on_first_sample(monkeypatch):
@@ -403,3 +409,118 @@ def test_close_reaches_the_child_and_the_protocol_is_declared():
     sampler.sample(_native_model("chimera_c4", 3, 3), 5)
     sampler.close()
     assert closed == [True]
+
+
+# ---- tiles: disjoint copies of the RBM per call ------------------------------------------------
+
+def _tv_bound(p, n, delta):
+    """A bound on the TV distance between the empirical distribution of n iid samples and p that
+    fails with probability <= delta: E[TV] <= ½ Σ sqrt(p(1−p)/n) (Cauchy–Schwarz per state), and
+    TV moves by <= 1/n when one sample changes, so McDiarmid adds sqrt(ln(1/δ)/(2n))."""
+    return (0.5 * torch.sqrt(p * (1 - p) / n).sum()).item() + math.sqrt(math.log(1 / delta) / (2 * n))
+
+
+@pytest.mark.parametrize("topology,tiles", [("chimera_c4", 5), ("pegasus_p4", 11), ("zephyr_z2", 8),
+                                            ("zephyr_z2_embedded", 5)])
+def test_every_tile_samples_the_exact_distribution(topology, tiles):
+    # a 5+5 RBM (1024 states) on the native region, or dense with chains on an embedded topology;
+    # the thermal mock's β equals beta_eff, so every copy should sample exp(−E) exactly
+    topo = topologies.load(topology)
+    model = _native_model(topology, 5, 5, seed=1) if topo.mode == "native" else \
+        random_native_model(topo, 5, 5, seed=1, scale=2.0)
+    sampler = _qpu(topology, beta_true=4.0, beta_eff=4.0, num_reads=10000)
+    reads = 4000
+    z, info = sampler.draw(model, reads * tiles)
+    # num_reads counts samples per call: ⌈10000 / tiles⌉ reads give >= 10000 samples
+    assert info["tiles"] == tiles and info["num_reads"] == info["num_qpu_calls"] * -(-10000 // tiles)
+    assert info["num_samples_drawn"] == tiles * info["num_reads"] >= reads * tiles
+    assert info["qubits_used"] == tiles * 10
+    assert info["qubits_available"] == len(topo.graph())
+    copies = sampler.tile_qubits(model)
+    assert len({q for c in copies for q in c}) == tiles * 10  # disjoint
+    states, p = _exact_distribution(model)
+    # a union bound over the tiles keeps the chance of any false failure below 1e-4
+    bound = _tv_bound(p, reads, 1e-4 / tiles)
+    per_tile = z.reshape(reads, tiles, 10)
+    for t in range(tiles):
+        assert 0.5 * (_empirical(states, per_tile[:, t]) - p).abs().sum().item() < bound
+    # sensitivity: the same samples are far from the model at another temperature
+    _, p_hot = _exact_distribution(model.with_beta(0.5))
+    assert 0.5 * (_empirical(states, per_tile[:, 0]) - p_hot).abs().sum().item() > 1.5 * bound
+
+
+def test_tiles_are_independent():
+    # a 2+1 RBM fits 16 times on C4. The pair of copies (t, t') in one read should be distributed
+    # as p ⊗ p (64 joint states): the joint's TV to p ⊗ p measures any dependence between copies
+    # (and any error of the copies themselves), with the same iid bound, union over all 120 pairs
+    model = _native_model("chimera_c4", 2, 1, seed=3, scale=1.5)
+    sampler = _qpu("chimera_c4", beta_true=4.0, beta_eff=4.0, num_reads=10000)
+    reads = 8000
+    z, info = sampler.draw(model, reads * 16)
+    assert info["tiles"] == 16
+    codes = (z.reshape(reads, 16, 3).double() @ torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)).long()
+    _, p = _exact_distribution(model)
+    pp = (p[:, None] * p[None, :]).reshape(-1)
+    bound = _tv_bound(pp, reads, 1e-4 / 120)
+
+    def joint_tv(a, b):
+        counts = torch.bincount(a * 8 + b, minlength=64).double()
+        return 0.5 * (counts / counts.sum() - pp).abs().sum().item()
+
+    worst = max(joint_tv(codes[:, s], codes[:, t]) for s in range(16) for t in range(s + 1, 16))
+    assert worst < bound
+    # sensitivity: fully dependent copies (a copy paired with itself) are far outside the bound
+    assert joint_tv(codes[:, 0], codes[:, 0]) > 3 * bound
+
+
+def test_a_broken_qubit_or_coupler_removes_exactly_the_copies_that_use_it():
+    model = _native_model("chimera_c4", 5, 5)
+    perfect = _qpu("chimera_c4").tile_qubits(model)
+    assert len(perfect) == 5
+    _, _, mask = topologies.load("chimera_c4").native_rbm(5, 5)
+    i, j = map(int, np.argwhere(mask.numpy())[0])
+
+    def layout(**broken):
+        child = thermal_mock("chimera_c4", seed=0, **broken)
+        return samplers.get("qpu", topology="chimera_c4", child_sampler=child).tile_qubits(model)
+
+    assert layout(broken_nodes=[perfect[3][7]]) == perfect[:3] + perfect[4:]
+    # the coupler carrying W[i, j] in copy 2
+    assert layout(broken_edges=[(perfect[2][i], perfect[2][5 + j])]) == perfect[:2] + perfect[3:]
+    # a coupler no copy programs (outside the mask, or joining two copies) removes nothing
+    graph = topologies.load("chimera_c4").graph()
+    used = {frozenset((c[a], c[5 + b])) for c in perfect for a, b in np.argwhere(mask.numpy())}
+    spare = next(e for e in graph.edges if frozenset(e) not in used)
+    assert layout(broken_edges=[spare]) == perfect
+    # copy 0 is the prior's own region: losing it is an error, never a silent move
+    with pytest.raises(QPUConfigError, match="dead qubit"):
+        layout(broken_nodes=[perfect[0][0]])
+
+
+def test_tiles_option():
+    model = _native_model("chimera_c4", 5, 5)
+    assert _qpu(tiles=2).draw(model, 10).info["tiles"] == 2
+    assert _qpu(tiles=2).tile_qubits(model) == _qpu().tile_qubits(model)[:2]
+    with pytest.raises(QPUConfigError, match="tiles': 9 copies .* only 5 fit"):
+        _qpu(tiles=9).sample(model, 10)
+    for bad in (0, "all", 1.5):
+        with pytest.raises(samplers.SamplerOptionError, match="tiles"):
+            _qpu(tiles=bad)
+
+
+def test_embedded_copies_are_valid_disjoint_embeddings():
+    import networkx as nx
+    from dwave.embedding import is_valid_embedding
+
+    topo = topologies.load("zephyr_z2_embedded")
+    model = random_native_model(topo, 12, 12, seed=0)
+    sampler = _qpu("zephyr_z2_embedded", beta_eff=4.0, num_reads=50, range_policy="clip")
+    z, info = sampler.draw(model, 100)
+    assert z.shape == (100, 24) and info["tiles"] == 2 and info["num_reads"] == 50
+    chains = topologies.load("zephyr_z2_embedded").embedding(12, 12)
+    copies = sampler.tile_qubits(model)
+    assert copies[0] == [q for u in sorted(chains) for q in chains[u]]
+    assert not set(copies[0]) & set(copies[1])
+    sizes = [len(chains[u]) for u in sorted(chains)]
+    second = dict(zip(sorted(chains), np.split(np.array(copies[1]), np.cumsum(sizes)[:-1])))
+    assert is_valid_embedding(second, nx.complete_bipartite_graph(12, 12), topo.graph())

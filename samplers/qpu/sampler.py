@@ -72,6 +72,8 @@ PARAMETERS = {
                              nullable=True),
     "chain_break_method": Option(None, (str,), lambda v: v in CHAIN_BREAK_METHODS,
                                  "majority_vote, discard or weighted_random", nullable=True),
+    "tiles": Option("auto", (str, int), lambda v: v == "auto" if isinstance(v, str) else v >= 1,
+                    "'auto' (as many copies per call as fit) or a count >= 1"),
     "range_policy": Option("error", (str,), lambda v: v in POLICIES, "error or clip"),
     "recalibrate_every": Option(0, (int,), non_negative, "re-measure β_eff every N calls; 0: never"),
     "calibration_bootstrap": Option(50, (int,), non_negative, "bootstrap replicates"),
@@ -176,16 +178,23 @@ class QPUSampler(Sampler, TemperatureScaled):
         key = (model.num_left, model.num_right)
         if key not in self._plans:
             make = plans.native_plan if self.topology.mode == "native" else plans.embedded_plan
-            self._plans[key] = make(self.topology, *key, self._guard)
+            self._plans[key] = make(self.topology, *key, self._guard, self.options["tiles"])
         return self._plans[key]
 
+    def tile_qubits(self, model: BipartiteModel) -> list[list[int]]:
+        """The qubits of each copy of `model` programmed per call (copy 0: the prior's own);
+        native: one qubit per unit in unit order; embedded: the chains, unit after unit."""
+        self._ensure_child()
+        return [list(c) for c in self._plan(model).copies]
+
     def programmed_bqm(self, model: BipartiteModel):
-        """The SPIN BQM sent for `model`: the Ising form of β·E on the plan's labels, times
-        1/β_eff (before range checks)."""
+        """The SPIN BQM of one copy of `model` as sent: the Ising form of β·E on the prior's own
+        qubits (native) or units (embedded), times 1/β_eff, before range checks. Each call sends
+        `tiles` relabelled copies of it."""
         self._ensure_child()
         plan = self._plan(model)
         h, quad = plans.ising(model, plan, self.beta_eff, self.topology.name)
-        return plans.to_bqm(plan, h, quad, model.num_left)
+        return plans.to_bqm(plan, h, quad, model.num_left, copies=1)
 
     # ---- calls -------------------------------------------------------------------------------
     def _solver_kwargs(self, reads: int) -> dict:
@@ -235,35 +244,37 @@ class QPUSampler(Sampler, TemperatureScaled):
     def _sample_calls(self, model: BipartiteModel, num_samples: int):
         self._ensure_child()
         plan = self._plan(model)
-        bqm = self.programmed_bqm(model)
+        h, quad = plans.ising(model, plan, self.beta_eff, self.topology.name)
+        bqm = plans.to_bqm(plan, h, quad, model.num_left)
         extra = self._embedding_kwargs(plan)
-        blocks, breaks, programmed = [], [], None
-        acc = {"timing": {}, "retries": 0, "clipped_fraction": 0.0, "num_qpu_calls": 0}
-        total = 0
-        while total < num_samples:
-            reads = timing.reads_per_call(num_samples - total, self.num_reads)[0]
-            answer, retries = self._call(plan, bqm, {**self._solver_kwargs(reads), **extra})
+        reads, breaks, programmed = [], [], None
+        acc = _accounts(plan, self._guard)
+        while sum(map(len, reads)) * plan.tiles < num_samples:
+            left = num_samples - sum(map(len, reads)) * plan.tiles
+            count = timing.reads_per_call(left, self.num_reads, plan.tiles)[0]
+            answer, retries = self._call(plan, bqm, {**self._solver_kwargs(count), **extra})
             spins, read_breaks = plans.decode(answer, plan)
             if len(spins) == 0:
                 raise QPUError("sampler 'qpu': the solver returned no samples "
                                "(chain_break_method 'discard' dropped them all?)")
-            blocks.append(spins)
+            reads.append(spins)
             breaks.append(read_breaks)
             programmed = answer.info.get("programmed_bqm", programmed)
-            _account(acc, answer.info, retries)
-            total += len(spins)
-        spins = np.concatenate(blocks)[:num_samples]
-        # the problem as actually programmed: qubit level in native mode (clipping included);
-        # logical level (before chains) in embedded mode
-        self._last = (bqm if plan.embedded else programmed, spins, plan.labels)
+            _account(acc, answer.info, retries, len(spins) * plan.tiles)
+        spins = np.concatenate(reads)
+        read_breaks = np.concatenate(breaks) if plan.embedded else None
+        samples, sample_breaks = plans.per_tile(spins, read_breaks, plan)
+        # the problem as actually programmed, with the reads that gave the samples kept: qubit
+        # level in native mode (clipping included); logical level (before chains) when embedded
+        kept = -(-num_samples // plan.tiles)
+        self._last = (bqm if plan.embedded else programmed, spins[:kept], plan.labels)
         self.calls += 1
-        cbf = float(np.concatenate(breaks)[:num_samples].mean()) if plan.embedded else 0.0
-        info = {"beta_eff": self.beta_eff, "chain_break_fraction": cbf, "timing": acc["timing"],
-                "qpu_access_time_us": acc["timing"].get("qpu_access_time"),
-                "retries": acc["retries"], "num_qpu_calls": acc["num_qpu_calls"],
-                "clipped_fraction": acc["clipped_fraction"], "recalibrated": False}
+        cbf = float(sample_breaks[:num_samples].mean()) if plan.embedded else 0.0
+        info = {"beta_eff": self.beta_eff, "chain_break_fraction": cbf, **acc,
+                "qpu_access_time_us": acc["timing"].get("qpu_access_time"), "recalibrated": False}
         self._maybe_recalibrate(info)
-        z = (spins > 0).astype(np.float64 if model.dtype == torch.float64 else np.float32)
+        z = (samples[:num_samples] > 0).astype(np.float64 if model.dtype == torch.float64
+                                                else np.float32)
         return torch.from_numpy(z).to(model.dtype), info  # z = (s + 1) / 2
 
     def _maybe_recalibrate(self, info: dict) -> None:
@@ -310,7 +321,7 @@ class QPUSampler(Sampler, TemperatureScaled):
         self._ensure_child()
         plan = self._plan(model)
         params = {**self._defaults, **self._explicit}
-        reads = timing.reads_per_call(num_samples, self.num_reads)
+        reads = timing.reads_per_call(num_samples, self.num_reads, plan.tiles)
         solver = getattr(self._child, "solver", None)
         if solver is not None and hasattr(solver, "estimate_qpu_access_time"):
             estimate = solver.estimate_qpu_access_time
@@ -333,9 +344,18 @@ class QPUSampler(Sampler, TemperatureScaled):
         self._rng.bit_generator.state = state["rng"]
 
 
-def _account(acc: dict, info: dict, retries: int) -> None:
+def _accounts(plan: plans.Plan, guard) -> dict:
+    """A draw's running totals, before its first call."""
+    return {"timing": {}, "retries": 0, "clipped_fraction": 0.0, "num_qpu_calls": 0,
+            "num_reads": 0, "num_samples_drawn": 0, "tiles": plan.tiles,
+            "qubits_used": plan.num_qubits, "qubits_available": len(guard.nodelist)}
+
+
+def _account(acc: dict, info: dict, retries: int, samples: int) -> None:
     """Add one call's facts to the draw's totals."""
     timing.add_timing(acc["timing"], info.get("timing", {}))
     acc["retries"] += retries
     acc["num_qpu_calls"] += 1
+    acc["num_samples_drawn"] += samples
+    acc["num_reads"] += samples // acc["tiles"]
     acc["clipped_fraction"] = max(acc["clipped_fraction"], float(info.get("clipped_fraction", 0.0)))

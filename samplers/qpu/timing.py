@@ -17,14 +17,17 @@ import topologies
 MAX_READS = 10000
 
 
-def reads_per_call(num_samples: int, num_reads: int | None) -> list[int]:
-    """Reads of each QPU call that draws `num_samples` samples: `num_reads` per call when it is
-    set (the last call too), else as few calls as the read limit allows, reading no more than
-    needed."""
+def reads_per_call(num_samples: int, num_reads: int | None, tiles: int = 1) -> list[int]:
+    """Reads of each QPU call that draws `num_samples` samples, each read giving one sample per
+    tile. With `num_reads` set, every call (the last too) asks for at least that many samples:
+    ⌈num_reads / tiles⌉ reads. Without it, as few calls as the read limit allows, each reading no
+    more than needed."""
     if num_reads is not None:
-        return [num_reads] * -(-num_samples // num_reads)
-    calls = -(-num_samples // MAX_READS)
-    return [min(MAX_READS, num_samples - k * MAX_READS) for k in range(calls)]
+        reads = -(-num_reads // tiles)
+        return [reads] * -(-num_samples // (reads * tiles))
+    per_call = MAX_READS * tiles
+    calls = -(-num_samples // per_call)
+    return [-(-min(per_call, num_samples - k * per_call) // tiles) for k in range(calls)]
 
 
 def add_timing(total: dict, timing: dict) -> None:
