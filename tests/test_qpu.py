@@ -524,3 +524,119 @@ def test_embedded_copies_are_valid_disjoint_embeddings():
     sizes = [len(chains[u]) for u in sorted(chains)]
     second = dict(zip(sorted(chains), np.split(np.array(copies[1]), np.cumsum(sizes)[:-1])))
     assert is_valid_embedding(second, nx.complete_bipartite_graph(12, 12), topo.graph())
+
+
+# ---- calls in flight and submitted draws -------------------------------------------------------
+
+def _remote(latency_s=0.0, **options):
+    from samplers.testing import latency_mock
+
+    child = latency_mock("chimera_c4", latency_s=latency_s, beta=4.0, num_sweeps=50, seed=0)
+    options = {"beta_eff": 4.0, "tiles": 1, "num_reads": 10, "seed": 0, **options}
+    return child, samplers.get("qpu", topology="chimera_c4", child_sampler=child, **options)
+
+
+def test_calls_of_a_draw_are_all_submitted_before_any_is_resolved():
+    model = _native_model("chimera_c4", 4, 4)
+    child, sampler = _remote()
+    pending = sampler.submit(model, 40)
+    # structural, not timed: four calls submitted, none of their answers collected yet
+    assert child.submitted == 4 and child.in_flight == 4 and sampler.in_flight == 4
+    z, info = pending.result()
+    assert z.shape == (40, 8) and info["num_qpu_calls"] == 4
+    assert child.in_flight == 0 and sampler.in_flight == 0 and child.max_in_flight == 4
+    # the bound: with max_in_flight 2 the third call waits for the first answer
+    child, sampler = _remote(max_in_flight=2)
+    pending = sampler.submit(model, 40)
+    assert child.submitted == 4 and child.in_flight == 2 and child.max_in_flight == 2
+    pending.result()
+    child, sampler = _remote(max_in_flight=3)
+    assert sampler.draw(model, 60).info["num_qpu_calls"] == 6 and child.max_in_flight == 3
+
+
+def test_submitted_draws_match_draws_and_complete_in_submission_order():
+    model = _native_model("chimera_c4", 4, 4)
+    _, plain = _remote()
+    expected = [plain.draw(model, 30).samples for _ in range(2)]
+    child, sampler = _remote(latency_s=0.01)
+    first, second = sampler.submit(model, 30), sampler.submit(model, 30)
+    assert child.submitted == 6 and child.in_flight == 4  # the bound holds across draws
+    later = second.result()   # completes `first` before it
+    assert first.done() and sampler.calls == 2
+    assert torch.equal(first.result().samples, expected[0]) and torch.equal(later.samples, expected[1])
+    assert sampler.state_dict() == plain.state_dict()
+
+
+def test_state_changes_of_submitted_draws_are_deterministic_and_resumable():
+    model = _native_model("chimera_c4", 8, 8, seed=2)
+
+    def run():
+        child, sampler = _remote(num_reads=300, beta_eff=6.0, recalibrate_every=1)
+        a = sampler.submit(model, 300)
+        before = sampler.state_dict()   # a checkpoint taken now holds no trace of `a`
+        b = sampler.submit(model, 300)
+        return before, b.result(), a.result(), sampler.state_dict()
+
+    before, b, a, after = run()
+    assert before["calls"] == 0 and before["beta_eff_history"] == [6.0]
+    # both were programmed at submission with β_eff = 6; each recalibrated when it completed,
+    # `a` first: the history holds 6, then a's estimate, then b's
+    assert a.info["beta_eff"] == b.info["beta_eff"] == 6.0
+    assert a.info["recalibrated"] and b.info["recalibrated"]
+    assert after["calls"] == 2 and after["beta_eff_history"] == [
+        6.0, a.info["beta_eff_measured"], b.info["beta_eff_measured"]]
+    again = run()
+    assert torch.equal(again[1].samples, b.samples) and again[3] == after
+
+
+class ResolveFails:
+    """A structured child whose first `failures` answers fail when resolved (as a cloud future
+    does), not when submitted."""
+
+    def __init__(self, child, error, failures):
+        self.child, self.error, self.failures = child, error, failures
+
+    def __getattr__(self, name):
+        return getattr(self.child, name)
+
+    def sample(self, bqm, **kwargs):
+        import concurrent.futures
+
+        import dimod
+
+        future = concurrent.futures.Future()
+        if self.failures > 0:
+            self.failures -= 1
+            future.set_exception(self.error)
+        else:
+            future.set_result(self.child.sample(bqm, **kwargs))
+        return dimod.SampleSet.from_future(future)
+
+
+def test_failures_at_resolution_are_retried_or_raised_by_their_own_draw():
+    from dwave.cloud.exceptions import RequestTimeout, SolverFailureError
+
+    model = _native_model("chimera_c4", 4, 4)
+    child = ResolveFails(thermal_mock("chimera_c4", seed=0), RequestTimeout("timed out"), 2)
+    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, retry_backoff_s=0.0,
+                           max_retries=3, seed=0)
+    assert sampler.draw(model, 20).info["retries"] == 2
+    child = ResolveFails(thermal_mock("chimera_c4", seed=0), SolverFailureError("bad"), 1)
+    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, seed=0, tiles=1,
+                           num_reads=10, recalibrate_every=1)
+    before = sampler.state_dict()
+    failing, fine = sampler.submit(model, 10), sampler.submit(model, 10)
+    assert fine.result().samples.shape == (10, 8)   # the failure stays with its own draw
+    with pytest.raises(QPUError, match="SolverFailureError"):
+        failing.result()
+    assert sampler.calls == 1 and sampler.in_flight == 0
+    assert sampler.state_dict()["beta_eff_history"][0] == before["beta_eff_history"][0]
+
+
+def test_submit_checks_its_request_before_submitting():
+    child, sampler = _remote()
+    with pytest.raises(ValueError, match="positive int"):
+        sampler.submit(_native_model("chimera_c4", 4, 4), 0)
+    with pytest.raises(TypeError, match="BipartiteModel"):
+        sampler.submit("model", 5)
+    assert child.submitted == 0

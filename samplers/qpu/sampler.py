@@ -11,6 +11,7 @@ sampler's state as before the call.
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 import torch
@@ -19,9 +20,8 @@ import topologies
 from samplers.base import (SEED, Option, Sampler, SamplerOptionError, TemperatureScaled,
                            check_options, non_negative, positive)
 from samplers.model import BipartiteModel
-from samplers.qpu import client, plan as plans, timing
-from samplers.qpu.calls import Retry
-from samplers.qpu.errors import QPUError
+from samplers.qpu import client, draws, plan as plans, timing
+from samplers.qpu.calls import Flight, Retry
 from samplers.qpu.range_guard import POLICIES, RangeGuardComposite
 
 # Solver parameters this backend sets itself; anything else goes through `solver_parameters`.
@@ -77,6 +77,7 @@ PARAMETERS = {
     "range_policy": Option("error", (str,), lambda v: v in POLICIES, "error or clip"),
     "recalibrate_every": Option(0, (int,), non_negative, "re-measure β_eff every N calls; 0: never"),
     "calibration_bootstrap": Option(50, (int,), non_negative, "bootstrap replicates"),
+    "max_in_flight": Option(4, (int,), positive, "QPU calls in flight at once, >= 1"),
     "max_retries": Option(3, (int,), non_negative, "retries of transient errors"),
     "retry_backoff_s": Option(1.0, (int, float), non_negative,
                               "first retry delay (s), doubled each retry"),
@@ -111,6 +112,9 @@ class QPUSampler(Sampler, TemperatureScaled):
         if spec is not None and not isinstance(spec, str) and self.options["child_kwargs"]:
             raise SamplerOptionError("sampler 'qpu': child_kwargs only apply to a factory path")
         self._retry = Retry(self.options["max_retries"], self.options["retry_backoff_s"])
+        self._flight = Flight(self.options["max_in_flight"])
+        self._queue: deque[draws.PendingDraw] = deque()
+        self._resolving: draws.PendingDraw | None = None
         self._child = None
         self._guard = None
         self._plans: dict = {}
@@ -221,61 +225,90 @@ class QPUSampler(Sampler, TemperatureScaled):
             extra["chain_strength"] = float(self.chain_strength)
         return extra
 
-    def _sample(self, model: BipartiteModel, num_samples: int):
-        state = (self._rng.bit_generator.state, self.calls, self._last, self.beta_eff,
-                 list(self.beta_eff_history))
+    # ---- draws: submitted now, completed in submission order ---------------------------------
+    @property
+    def in_flight(self) -> int:
+        """QPU calls submitted and not yet resolved."""
+        return len(self._flight)
+
+    def submit(self, model: BipartiteModel, num_samples: int, *,
+               device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None) -> draws.PendingDraw:
+        """Program `model` and submit the calls of `draw(model, num_samples)` without waiting
+        for them; `.result()` of the returned `PendingDraw` gives the `SampleResult`."""
+        _check_request(model, num_samples, device, dtype)
+        pending = draws.PendingDraw(self, self._start(model, num_samples), device, dtype)
+        self._queue.append(pending)
+        return pending
+
+    def draw(self, model: BipartiteModel, num_samples: int, *,
+             device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        self._drain()  # draws submitted earlier complete first
+        return super().draw(model, num_samples, device=device, dtype=dtype)
+
+    def result_of(self, pending: draws.PendingDraw):
+        """Complete the draws submitted up to `pending`, oldest first; its result or error."""
+        while pending.outcome is None:
+            self._complete_next()
+        if isinstance(pending.outcome, BaseException):
+            raise pending.outcome
+        return pending.outcome
+
+    def _drain(self) -> None:
+        while self._queue:
+            self._complete_next()
+
+    def _complete_next(self) -> None:
+        pending = self._queue.popleft()
+        self._resolving = pending
         try:
-            return self._sample_calls(model, num_samples)
-        except BaseException:
-            # a failed call leaves no trace
-            (self._rng.bit_generator.state, self.calls, self._last, self.beta_eff,
-             self.beta_eff_history) = state
-            raise
+            job = pending.job
+            pending.outcome = Sampler.draw(self, job.model, job.num_samples, device=pending.device,
+                                           dtype=pending.dtype)
+        except BaseException as exc:
+            pending.outcome = exc  # raised by its own result(), not by a later draw's
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._resolving = None
 
-    def _call(self, plan: plans.Plan, bqm, kwargs: dict):
-        """One QPU call, resolved, with retries: (answer, retries)."""
-        def call():
-            answer = plan.sampler.sample(bqm, **kwargs)
-            answer.resolve()
-            return answer
-
-        return self._retry.run(call)
-
-    def _sample_calls(self, model: BipartiteModel, num_samples: int):
+    def _start(self, model: BipartiteModel, num_samples: int) -> draws.Job:
         self._ensure_child()
         plan = self._plan(model)
         h, quad = plans.ising(model, plan, self.beta_eff, self.topology.name)
-        bqm = plans.to_bqm(plan, h, quad, model.num_left)
-        extra = self._embedding_kwargs(plan)
-        reads, breaks, programmed = [], [], None
-        acc = _accounts(plan, self._guard)
-        while sum(map(len, reads)) * plan.tiles < num_samples:
-            left = num_samples - sum(map(len, reads)) * plan.tiles
-            count = timing.reads_per_call(left, self.num_reads, plan.tiles)[0]
-            answer, retries = self._call(plan, bqm, {**self._solver_kwargs(count), **extra})
-            spins, read_breaks = plans.decode(answer, plan)
-            if len(spins) == 0:
-                raise QPUError("sampler 'qpu': the solver returned no samples "
-                               "(chain_break_method 'discard' dropped them all?)")
-            reads.append(spins)
-            breaks.append(read_breaks)
-            programmed = answer.info.get("programmed_bqm", programmed)
-            _account(acc, answer.info, retries, len(spins) * plan.tiles)
-        spins = np.concatenate(reads)
-        read_breaks = np.concatenate(breaks) if plan.embedded else None
-        samples, sample_breaks = plans.per_tile(spins, read_breaks, plan)
-        # the problem as actually programmed, with the reads that gave the samples kept: qubit
+        parameters = {**self._solver_kwargs(1), **self._embedding_kwargs(plan)}
+        parameters.pop("num_reads")
+        job = draws.Job(model=model, num_samples=num_samples, plan=plan,
+                        bqm=plans.to_bqm(plan, h, quad, model.num_left), beta_eff=self.beta_eff,
+                        parameters=parameters, num_reads=self.num_reads)
+        return draws.start(job, self._flight, self._retry)
+
+    def _sample(self, model: BipartiteModel, num_samples: int):
+        """The base class's hook: completes the draw being resolved, or starts one now."""
+        job = self._resolving.job if self._resolving is not None else self._start(model, num_samples)
+        state = (self._rng.bit_generator.state, self.calls, self._last, self.beta_eff,
+                 list(self.beta_eff_history))
+        try:
+            return self._complete(job)
+        except BaseException:
+            # a failed draw leaves no trace
+            (self._rng.bit_generator.state, self.calls, self._last, self.beta_eff,
+             self.beta_eff_history) = state
+            self._flight.drop(job.calls)
+            raise
+
+    def _complete(self, job: draws.Job):
+        got = draws.collect(job, self._flight, self._retry, len(self._guard.nodelist))
+        plan = job.plan
+        # the problem as actually programmed, with the reads that gave the samples: qubit
         # level in native mode (clipping included); logical level (before chains) when embedded
-        kept = -(-num_samples // plan.tiles)
-        self._last = (bqm if plan.embedded else programmed, spins[:kept], plan.labels)
+        self._last = (job.bqm if plan.embedded else got.programmed, got.reads, plan.labels)
         self.calls += 1
-        cbf = float(sample_breaks[:num_samples].mean()) if plan.embedded else 0.0
-        info = {"beta_eff": self.beta_eff, "chain_break_fraction": cbf, **acc,
-                "qpu_access_time_us": acc["timing"].get("qpu_access_time"), "recalibrated": False}
+        info = {"beta_eff": job.beta_eff, "chain_break_fraction": got.chain_break_fraction,
+                **got.info, "recalibrated": False}
         self._maybe_recalibrate(info)
-        z = (samples[:num_samples] > 0).astype(np.float64 if model.dtype == torch.float64
-                                                else np.float32)
-        return torch.from_numpy(z).to(model.dtype), info  # z = (s + 1) / 2
+        z = (got.samples > 0).astype(np.float64 if job.model.dtype == torch.float64 else np.float32)
+        return torch.from_numpy(z).to(job.model.dtype), info  # z = (s + 1) / 2
 
     def _maybe_recalibrate(self, info: dict) -> None:
         from samplers.temperature import TemperatureEstimationError
@@ -344,18 +377,14 @@ class QPUSampler(Sampler, TemperatureScaled):
         self._rng.bit_generator.state = state["rng"]
 
 
-def _accounts(plan: plans.Plan, guard) -> dict:
-    """A draw's running totals, before its first call."""
-    return {"timing": {}, "retries": 0, "clipped_fraction": 0.0, "num_qpu_calls": 0,
-            "num_reads": 0, "num_samples_drawn": 0, "tiles": plan.tiles,
-            "qubits_used": plan.num_qubits, "qubits_available": len(guard.nodelist)}
-
-
-def _account(acc: dict, info: dict, retries: int, samples: int) -> None:
-    """Add one call's facts to the draw's totals."""
-    timing.add_timing(acc["timing"], info.get("timing", {}))
-    acc["retries"] += retries
-    acc["num_qpu_calls"] += 1
-    acc["num_samples_drawn"] += samples
-    acc["num_reads"] += samples // acc["tiles"]
-    acc["clipped_fraction"] = max(acc["clipped_fraction"], float(info.get("clipped_fraction", 0.0)))
+def _check_request(model, num_samples, device, dtype) -> None:
+    """The checks `Sampler.draw` makes, made before anything is submitted."""
+    if not isinstance(model, BipartiteModel):
+        raise TypeError(f"sample() needs a samplers.BipartiteModel, got {type(model).__name__}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    device = torch.device(device) if device is not None else model.device
+    if device.type == "meta" or model.device.type == "meta":
+        raise ValueError("samplers need real tensors: the model or the requested device is 'meta'")
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"samples are returned as a floating dtype, not {dtype}")
