@@ -640,3 +640,32 @@ def test_submit_checks_its_request_before_submitting():
     with pytest.raises(TypeError, match="BipartiteModel"):
         sampler.submit("model", 5)
     assert child.submitted == 0
+
+
+# ---- accounting and the timing model ----------------------------------------------------------
+
+def test_accounting_and_timing_model_count_the_calls_of_a_tiled_draw():
+    from samplers.qpu import estimate_access_time_us
+    from samplers.qpu.timing import project
+
+    model = _native_model("pegasus_p4", 5, 5)
+    sampler = _qpu("pegasus_p4", beta_eff=4.0, num_reads=100)
+    z, info = sampler.draw(model, 250)
+    # 11 copies: ⌈100/11⌉ = 10 reads give 110 samples per call; 250 samples take 3 calls
+    assert info["tiles"] == 11 and info["num_qpu_calls"] == 3 and info["num_reads"] == 30
+    assert info["num_samples_drawn"] == 330 and z.shape == (250, 10)
+    assert info["qubits_used"] == 110 and info["qubits_available"] == 264
+    assert info["qpu_access_time_us"] == pytest.approx(3 * 8550.28)  # the mock's fixed figure
+    params = {"annealing_time": 20, "programming_thermalization": 1000, "readout_thermalization": 0}
+    one_call = estimate_access_time_us("pegasus_p4", 110, 10, **params)
+    assert info["estimated_qpu_access_time_us"] == pytest.approx(3 * one_call)
+    assert sampler.estimated_access_time_us(model, 250) == pytest.approx(3 * one_call)
+    assert sampler.projected_access_time_s(model, 1000, 250) == pytest.approx(3000 * one_call / 1e6)
+    offline = project("pegasus_p4", 5, 5, 250, 1000, num_reads=100)
+    assert offline.tiles == 11 and offline.calls_per_step == 3 and offline.reads_per_step == 30
+    assert offline.total_s == pytest.approx(3000 * one_call / 1e6)
+    # untiled, the same 250 samples take 3 calls of 100 reads on 10 qubits
+    untiled = _qpu("pegasus_p4", beta_eff=4.0, num_reads=100, tiles=1)
+    assert untiled.estimated_access_time_us(model, 250) == pytest.approx(
+        3 * estimate_access_time_us("pegasus_p4", 10, 100, **params))
+    assert project("pegasus_p4", 5, 5, 250, tiles=1, num_reads=100).reads_per_step == 300

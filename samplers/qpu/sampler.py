@@ -304,8 +304,10 @@ class QPUSampler(Sampler, TemperatureScaled):
         # level in native mode (clipping included); logical level (before chains) when embedded
         self._last = (job.bqm if plan.embedded else got.programmed, got.reads, plan.labels)
         self.calls += 1
+        reads = [call.parameters["num_reads"] for call in job.calls]
         info = {"beta_eff": job.beta_eff, "chain_break_fraction": got.chain_break_fraction,
-                **got.info, "recalibrated": False}
+                **got.info, "estimated_qpu_access_time_us": self._calls_estimate_us(plan, reads),
+                "recalibrated": False}
         self._maybe_recalibrate(info)
         z = (got.samples > 0).astype(np.float64 if job.model.dtype == torch.float64 else np.float32)
         return torch.from_numpy(z).to(job.model.dtype), info  # z = (s + 1) / 2
@@ -347,21 +349,37 @@ class QPUSampler(Sampler, TemperatureScaled):
         self.beta_eff = float(beta_eff)
         self.beta_eff_history.append(self.beta_eff)
 
-    def estimated_access_time_us(self, model: BipartiteModel, num_samples: int) -> float:
-        """QPU access time of `draw(model, num_samples)` (all its QPU calls) by Ocean's timing
-        model: the solver's own if it has one, else the Advantage4.1 model. Network latency and
-        queueing are not included."""
-        self._ensure_child()
-        plan = self._plan(model)
-        params = {**self._defaults, **self._explicit}
-        reads = timing.reads_per_call(num_samples, self.num_reads, plan.tiles)
+    def _access_estimate(self):
+        """Ocean's per-call estimate (num_qubits, num_reads=..., **parameters) -> µs: the solver's
+        own timing model if it has one, else the Advantage4.1 model for the topology."""
         solver = getattr(self._child, "solver", None)
         if solver is not None and hasattr(solver, "estimate_qpu_access_time"):
-            estimate = solver.estimate_qpu_access_time
-        else:
-            def estimate(num_qubits, **kwargs):
-                return timing.estimate_access_time_us(self.topology, num_qubits, **kwargs)
-        return timing.calls_access_time_us(estimate, plan.num_qubits, reads, params)
+            return solver.estimate_qpu_access_time
+
+        def estimate(num_qubits, **kwargs):
+            return timing.estimate_access_time_us(self.topology, num_qubits, **kwargs)
+
+        return estimate
+
+    def _calls_estimate_us(self, plan: plans.Plan, reads: list[int]) -> float:
+        params = {**self._defaults, **self._explicit}
+        return timing.calls_access_time_us(self._access_estimate(), plan.num_qubits, reads, params)
+
+    def estimated_access_time_us(self, model: BipartiteModel, num_samples: int) -> float:
+        """QPU access time of `draw(model, num_samples)` (all its QPU calls, tiles included) by
+        Ocean's timing model: the solver's own if it has one, else the Advantage4.1 model.
+        Network latency and queueing are not included."""
+        self._ensure_child()
+        plan = self._plan(model)
+        return self._calls_estimate_us(plan, timing.reads_per_call(num_samples, self.num_reads,
+                                                                   plan.tiles))
+
+    def projected_access_time_s(self, model: BipartiteModel, num_steps: int,
+                                samples_per_step: int) -> float:
+        """QPU access time (s) of `num_steps` training steps drawing `samples_per_step` samples
+        of `model` each, by the timing model (as `estimated_access_time_us`); for a budget such
+        as a run's maximum QPU time. `samplers.qpu.timing.project` does the same offline."""
+        return num_steps * self.estimated_access_time_us(model, samples_per_step) / 1e6
 
     # ---- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict:
