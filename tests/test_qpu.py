@@ -669,3 +669,16 @@ def test_accounting_and_timing_model_count_the_calls_of_a_tiled_draw():
     assert untiled.estimated_access_time_us(model, 250) == pytest.approx(
         3 * estimate_access_time_us("pegasus_p4", 10, 100, **params))
     assert project("pegasus_p4", 5, 5, 250, tiles=1, num_reads=100).reads_per_step == 300
+
+
+def test_reads_dropped_by_discard_are_topped_up_with_more_calls():
+    # weak chains break often; 'discard' drops those reads, so the scheduled call comes short
+    topo = topologies.load("zephyr_z2_embedded")
+    model = random_native_model(topo, 12, 12, seed=0, scale=4.0)
+    sampler = _qpu("zephyr_z2_embedded", beta_eff=1.0, num_reads=100, chain_strength=1.0,
+                   chain_break_method="discard", range_policy="clip", tiles=1)
+    z, info = sampler.draw(model, 100)
+    assert z.shape == (100, 24) and info["num_qpu_calls"] > 1
+    assert info["num_reads"] == 100 * info["num_qpu_calls"]  # what the QPU spent
+    assert 100 <= info["num_samples_drawn"] < info["num_reads"]  # what survived 'discard'
+    assert info["chain_break_fraction"] == 0.0

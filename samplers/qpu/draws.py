@@ -72,13 +72,14 @@ def accounts(plan: plans.Plan, qubits_available: int) -> dict:
             "qubits_used": plan.num_qubits, "qubits_available": qubits_available}
 
 
-def account(acc: dict, info: dict, retries: int, reads: int) -> None:
-    """Add one call's facts to the draw's totals."""
+def account(acc: dict, info: dict, retries: int, reads: int, returned: int) -> None:
+    """Add one call's facts to the draw's totals: `reads` asked for (what the QPU spent),
+    `returned` after chain-break resolution ('discard' drops some)."""
     timing.add_timing(acc["timing"], info.get("timing", {}))
     acc["retries"] += retries
     acc["num_qpu_calls"] += 1
     acc["num_reads"] += reads
-    acc["num_samples_drawn"] += reads * acc["tiles"]
+    acc["num_samples_drawn"] += returned * acc["tiles"]
     acc["clipped_fraction"] = max(acc["clipped_fraction"], float(info.get("clipped_fraction", 0.0)))
 
 
@@ -102,7 +103,7 @@ def collect(job: Job, flight: Flight, retry: Retry, qubits_available: int) -> Co
         reads.append(spins)
         breaks.append(read_breaks)
         programmed = answer.info.get("programmed_bqm", programmed)
-        account(acc, answer.info, call.retries, len(spins))
+        account(acc, answer.info, call.retries, call.parameters["num_reads"], len(spins))
         done += 1
     return _assemble(job, np.concatenate(reads), breaks, programmed, acc)
 
