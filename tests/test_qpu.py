@@ -11,7 +11,7 @@ from dwave.system.testing import MockDWaveSampler
 
 import samplers
 import topologies
-from samplers.qpu import QPUConfigError, QPUError, QPURangeError
+from samplers.qpu import PendingDraw, QPUConfigError, QPUError, QPURangeError
 from samplers.temperature import calibrate, random_native_model
 from samplers.testing import thermal_mock
 
@@ -640,6 +640,9 @@ def test_submit_checks_its_request_before_submitting():
     with pytest.raises(TypeError, match="BipartiteModel"):
         sampler.submit("model", 5)
     assert child.submitted == 0
+    model = _native_model("chimera_c4", 4, 4)
+    pending = sampler.submit(model, 10, dtype=torch.float32)
+    assert isinstance(pending, PendingDraw) and pending.result().samples.dtype == torch.float32
 
 
 # ---- accounting and the timing model ----------------------------------------------------------

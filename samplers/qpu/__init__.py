@@ -10,7 +10,9 @@ One job per module:
   redaction, which cloud errors are transient;
 * `range_guard`: `RangeGuardComposite`, the h/J range check (or clip) in front of the child;
 * `plan`: which qubits carry the model, and its Ising problem scaled by 1/β_eff, from arrays;
-* `calls`: QPU calls and their retries;
+* `tiling`: disjoint copies of the problem per call;
+* `calls`: QPU calls in flight and their retries;
+* `draws`: a draw's calls, and `PendingDraw` (`QPUSampler.submit`);
 * `timing`: the calls' schedule, solver-reported access time, and Ocean's timing model;
 * `sampler`: `QPUSampler` itself.
 
@@ -18,12 +20,14 @@ API tokens never appear in messages, `info`, `state_dict` or `repr`.
 """
 
 from samplers.qpu.client import redact
+from samplers.qpu.draws import PendingDraw
 from samplers.qpu.errors import QPUConfigError, QPUError, QPURangeError
 from samplers.qpu.range_guard import RangeGuardComposite
 from samplers.qpu.sampler import QPUSampler, topology_defaults
 from samplers.qpu.timing import estimate_access_time_us
 
 __all__ = [
+    "PendingDraw",
     "QPUConfigError",
     "QPUError",
     "QPURangeError",
