@@ -1,4 +1,4 @@
-"""Offline QPU test double: a "thermal QPU" (ocean_notes §10).
+"""Offline QPU test doubles: a "thermal QPU" whose effective temperature is known exactly.
 
 `thermal_mock(topology, beta=b)` is a `MockDWaveSampler` with the topology's hardware graph and
 properties (h_range, j_range, timing, ...) whose substitute sampler is simulated annealing held at
@@ -18,6 +18,9 @@ Config files can name it as the qpu sampler's child:
 """
 
 from __future__ import annotations
+
+import threading
+import time
 
 import dimod
 import numpy as np
@@ -62,9 +65,81 @@ def thermal_mock(topology="chimera_c4", beta: float = 5.0, num_sweeps: int = 200
     if broken_nodes:
         graph["broken_nodes"] = (graph["broken_nodes"] or []) + list(broken_nodes)
     if broken_edges:
-        graph["broken_edges"] = (graph["broken_edges"] or []) + [list(e) for e in broken_edges]
+        graph["broken_edges"] = (graph["broken_edges"] or []) + [tuple(e) for e in broken_edges]
     return MockDWaveSampler(
         **graph,
         substitute_sampler=FixedBetaGibbs(beta, num_sweeps, seed),
         parameter_warnings=False,
     )
+
+
+class LatencyQPU(dimod.ComposedSampler, dimod.Structured):
+    """A structured child (e.g. `thermal_mock`) answering like a remote QPU: `sample()` returns
+    at once with a SampleSet that resolves lazily, `latency_s` after submission at the earliest.
+
+    The child's own work runs on one worker thread in submission order, so its generator is used
+    in the same order as without the latency and a seed reproduces a run; the waits run on
+    threads of their own, so calls in flight together wait at the same time.
+
+    Concurrency is recorded structurally, not by timing: `submitted` calls, `collected` answers
+    (resolved by the caller), `in_flight` = submitted − collected, and `max_in_flight`.
+    """
+
+    def __init__(self, child, latency_s: float = 0.05):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._children = [child]
+        self.latency_s = float(latency_s)
+        self._work = ThreadPoolExecutor(max_workers=1)
+        self._waits = ThreadPoolExecutor(max_workers=64)
+        self._lock = threading.Lock()
+        self.submitted = self.collected = self.max_in_flight = 0
+
+    @property
+    def children(self):
+        return self._children
+
+    nodelist = property(lambda self: self.child.nodelist)
+    edgelist = property(lambda self: self.child.edgelist)
+    parameters = property(lambda self: self.child.parameters.copy())
+    properties = property(lambda self: self.child.properties)
+
+    @property
+    def in_flight(self) -> int:
+        return self.submitted - self.collected
+
+    def sample(self, bqm, **parameters):
+        due = time.monotonic() + self.latency_s
+        work = self._work.submit(self._compute, bqm, parameters)
+        answer = self._waits.submit(self._answer, work, due)
+        with self._lock:
+            self.submitted += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        return dimod.SampleSet.from_future(answer, self._collect)
+
+    def _compute(self, bqm, parameters):
+        answer = self.child.sample(bqm, **parameters)
+        answer.resolve()
+        return answer
+
+    @staticmethod
+    def _answer(work, due):
+        result = work.result()
+        time.sleep(max(0.0, due - time.monotonic()))
+        return result
+
+    def _collect(self, future):
+        with self._lock:
+            self.collected += 1
+        return future.result()
+
+    def close(self):
+        self._work.shutdown(wait=True)
+        self._waits.shutdown(wait=True)
+        super().close()
+
+
+def latency_mock(topology="chimera_c4", latency_s: float = 0.05, **thermal_kwargs) -> LatencyQPU:
+    """`thermal_mock(topology, **thermal_kwargs)` behind a fixed per-call latency (`LatencyQPU`);
+    usable as the qpu sampler's `child_sampler: samplers.testing:latency_mock`."""
+    return LatencyQPU(thermal_mock(topology, **thermal_kwargs), latency_s)

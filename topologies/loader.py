@@ -135,12 +135,13 @@ class Topology:
         return cached_embedding(self, num_left, num_right, cache_dir)
 
     def mock_kwargs(self) -> dict:
-        """Keyword arguments that make a MockDWaveSampler of this hardware graph."""
+        """Keyword arguments that make a MockDWaveSampler of this hardware graph (broken
+        couplers as tuples: the mock drops an edge only if it finds it as a tuple)."""
         if self.family is None:
             raise TopologyError(f"topology '{self.name}' is dense; no QPU can sample it")
         return {"topology_type": self.family, "topology_shape": list(self.shape),
                 "broken_nodes": list(self.broken_qubits) or None,
-                "broken_edges": [list(e) for e in self.broken_couplers] or None}
+                "broken_edges": [tuple(e) for e in self.broken_couplers] or None}
 
 
 @lru_cache(maxsize=8)
