@@ -3,6 +3,7 @@ estimator, brute-force energies, exact enumeration, and a thermal mock QPU with 
 
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 import samplers
 import topologies
 from samplers.temperature import (
+    CalibrationSettingError,
     TemperatureEstimationError,
     calibrate,
     calibrate_cli,
@@ -251,3 +253,53 @@ def test_estimators_disagree_on_non_thermal_mocks(factory, kwargs):
     assert result.disagree is True
     assert gap > 3 * math.hypot(result.mpl.stderr, result.energy.stderr)
     assert "estimators DISAGREE" in str(result)
+
+
+# ---- reproducibility and refused settings ----------------------------------------------------
+
+
+def test_calibrate_cli_same_seed_same_report_and_different_seeds_differ():
+    # one seed fixes the probe RBM, the qpu sampler, the thermal mock (its factory takes `seed`),
+    # the bootstrap and the energy reference
+    def run(seed, estimator="both"):
+        return str(calibrate_cli("chimera_c4", num_reads=100, seed=seed, estimator=estimator,
+                                 child_sampler="samplers.testing:thermal_mock"))
+
+    first = run(0)
+    assert run(0) == first
+    assert run(1, "mpl").splitlines()[0] != first.splitlines()[0]
+    # fixed decimals, as printed by `dvae-q calibrate`
+    assert re.match(r"beta_eff: \d+\.\d{3} ± \d+\.\d{3} \(pseudo-likelihood", first)
+    assert re.search(r"^beta_eff by energy matching: \d+\.\d{3} ± \d+\.\d{3} ", first, re.M)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_reads": 1}, "too few for an error bar"),
+    ({"num_reads": 29}, "at least 30"),
+    ({"num_bootstrap": 5}, "bootstrap replicates are too few"),
+    ({"estimator": "median"}, "unknown estimator"),
+    ({"max_iterations": 0}, "max_iterations"),
+    ({"sampler": "gibbs", "child_sampler": "samplers.testing:thermal_mock"}, "no child sampler"),
+])
+def test_calibration_refuses_settings_without_a_meaningful_error_bar(kwargs, match):
+    with pytest.raises(CalibrationSettingError, match=match):
+        calibrate_cli("chimera_c4", **{"child_sampler": "samplers.testing:thermal_mock", **kwargs})
+    # a typed input error of the samplers package: the CLI maps it to one line and exit 2
+    assert issubclass(CalibrationSettingError, samplers.SamplerOptionError)
+
+
+def test_calibrate_command_refuses_one_read_with_one_line(capsys):
+    from dvae_q.cli import main
+
+    code = main(["calibrate", "--topology", "chimera_c4", "--num-reads", "1",
+                 "--child-sampler", "samplers.testing:thermal_mock"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and captured.err.count("\n") == 1
+    assert "at least 30" in captured.err
+
+
+def test_estimate_beta_gives_no_error_bar_below_the_minimum_sample_count():
+    model = _small_model(seed=13)
+    z = _exact_samples(model, 30, seed=4)
+    assert math.isnan(estimate_beta(model, z[:29], num_bootstrap=50).stderr)
+    assert estimate_beta(model, z, num_bootstrap=50).stderr > 0
