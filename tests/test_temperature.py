@@ -244,8 +244,9 @@ def test_both_estimators_recover_the_thermal_mock_beta():
     ("two_temperature_mock", {"beta_fields": 3.0, "beta_couplings": 6.0}),
 ])
 def test_estimators_disagree_on_non_thermal_mocks(factory, kwargs):
-    # Measured on four probe RBMs with 1,000 reads, the two estimates differ by 4-8 combined
-    # errors for these mocks (README); with these fixed seeds by about 6 at 600 reads.
+    # Measured on four probe RBMs with 1,000 reads, the two estimates differ by 5-8 combined
+    # errors for these mocks (bench/temperature_estimators.py); with these seeds by about 6 at
+    # 600 reads, twice the threshold.
     sampler = _mock_qpu(factory, **kwargs)
     model = random_native_model(topologies.load("chimera_c4"), seed=0)
     result = calibrate(sampler, model, num_samples=600, estimator="both", num_bootstrap=50)
