@@ -121,7 +121,10 @@ class BackendSampler(dimod.Sampler):
         values = z.numpy().astype(np.int8)
         if bqm.vartype is dimod.SPIN:
             values = 2 * values - 1
-        info = {"backend": self.name, **{k: v for k, v in info.items() if np.isscalar(v)}}
+        # the backend's mean_energy is in the model's units (no BQM offset): the sampleset's own
+        # energies are the ones to use
+        info = {"backend": self.name, **{k: v for k, v in info.items()
+                                         if np.isscalar(v) and k != "mean_energy"}}
         return dimod.SampleSet.from_samples_bqm((values, labels), bqm, info=info)
 
 

@@ -299,11 +299,11 @@ def check_calibration_settings(num_samples, estimator: str = "mpl", num_bootstra
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
             or num_samples < MIN_SAMPLES:
         raise CalibrationSettingError(
-            f"calibrate: {num_samples!r} samples per call are too few for an error bar; "
-            f"use at least {MIN_SAMPLES} (num_samples / --num-reads)")
+            f"calibrate: too few samples per call for an error bar ({num_samples!r}); "
+            f"use at least {MIN_SAMPLES} (num_samples, --num-reads)")
     if estimator != "energy" and num_bootstrap < MIN_BOOTSTRAP:
         raise CalibrationSettingError(
-            f"calibrate: {num_bootstrap!r} bootstrap replicates are too few for an error bar; "
+            f"calibrate: too few bootstrap replicates for an error bar ({num_bootstrap!r}); "
             f"use at least {MIN_BOOTSTRAP}")
     if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) \
             or max_iterations < 1:
@@ -360,10 +360,9 @@ def calibrate(sampler, model: BipartiteModel, num_samples: int = 1000, *,
     matching against `reference`, looped until the mean energies agree within 2 combined
     standard errors) or "both" (mpl, then energy from there; the sampler is left at the mpl value
     and `disagree` says whether the two differ by more than DISAGREE_SIGMAS combined errors).
-    A sampler without a β_eff scaling (not `TemperatureScaled`) is measured once per estimator.
-    `reference`: an `EnergyReference`, a classical `Sampler` to draw one with, or None (exact or
-    gibbs, see `energy_reference`). `seed` fixes the bootstrap and the reference; the samplers
-    carry their own seeds. Raises CalibrationSettingError for too few samples or replicates.
+    A sampler that is not `TemperatureScaled` is measured once per estimator. `reference`: an
+    `EnergyReference`, a `Sampler` to draw one with, or None (see `energy_reference`). `seed` fixes
+    the bootstrap and the reference. Raises CalibrationSettingError for meaningless settings.
     """
     check_calibration_settings(num_samples, estimator, num_bootstrap, max_iterations)
     boot_seed, ref_seed = spawn_seeds(seed, 2)

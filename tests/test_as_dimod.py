@@ -154,6 +154,7 @@ def test_options_are_validated_and_can_change_per_call():
     sampler = samplers.as_dimod("gibbs", num_chains=10, sweeps=5)
     ss = sampler.sample(_spin_bqm(), num_reads=4, seed=0, sweeps=7)
     assert ss.info["chain_sweeps"] == 7 * 10 and ss.info["backend"] == "gibbs"
+    assert "mean_energy" not in ss.info  # the backend's is in model units, without the offset
     with pytest.raises(samplers.SamplerOptionError, match="no option 'annealing_time'"):
         sampler.sample(_spin_bqm(), annealing_time=20)
     with pytest.raises(ValueError, match="num_reads must be a positive int"):

@@ -275,9 +275,9 @@ def test_calibrate_cli_same_seed_same_report_and_different_seeds_differ():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"num_reads": 1}, "too few for an error bar"),
+    ({"num_reads": 1}, "too few samples per call for an error bar"),
     ({"num_reads": 29}, "at least 30"),
-    ({"num_bootstrap": 5}, "bootstrap replicates are too few"),
+    ({"num_bootstrap": 5}, "too few bootstrap replicates"),
     ({"estimator": "median"}, "unknown estimator"),
     ({"max_iterations": 0}, "max_iterations"),
     ({"sampler": "gibbs", "child_sampler": "samplers.testing:thermal_mock"}, "no child sampler"),
