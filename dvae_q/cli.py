@@ -197,7 +197,8 @@ def _cmd_calibrate(args) -> int:
     try:
         report = calibrate_cli(topology=args.topology, sampler=args.sampler,
                                num_reads=args.num_reads, seed=args.seed,
-                               child_sampler=args.child_sampler)
+                               child_sampler=args.child_sampler, estimator=args.estimator,
+                               num_bootstrap=args.bootstrap, max_iterations=args.max_iterations)
     except (SamplerFailure, TemperatureEstimationError) as exc:
         raise RunFailure(f"calibration failed: {exc}") from None
     print(report)
@@ -280,6 +281,10 @@ def _run_parsers(commands) -> None:
     cal.add_argument("--num-reads", type=int, default=1000, help="samples per estimate")
     cal.add_argument("--seed", type=int, default=0, help="seed of the probe and the estimate")
     cal.add_argument("--child-sampler", help="import path of a structured dimod sampler factory")
+    cal.add_argument("--estimator", choices=["mpl", "energy", "both"], default="mpl",
+                     help="pseudo-likelihood, energy matching, or both with a disagreement check")
+    cal.add_argument("--bootstrap", type=int, default=100, help="bootstrap replicates (>= 20)")
+    cal.add_argument("--max-iterations", type=int, default=5, help="calibration rounds (>= 1)")
     cal.add_argument("--quiet", action="store_true", help="no progress output")
     cal.set_defaults(func=_cmd_calibrate)
 

@@ -1,4 +1,5 @@
-"""Offline QPU test doubles: a "thermal QPU" whose effective temperature is known exactly.
+"""Offline QPU test doubles: a "thermal QPU" whose effective temperature is known exactly, a
+slow one that answers after a fixed latency, and deliberately non-thermal ones.
 
 `thermal_mock(topology, beta=b)` is a `MockDWaveSampler` with the topology's hardware graph and
 properties (h_range, j_range, timing, ...) whose substitute sampler is simulated annealing held at
@@ -143,3 +144,74 @@ def latency_mock(topology="chimera_c4", latency_s: float = 0.05, **thermal_kwarg
     """`thermal_mock(topology, **thermal_kwargs)` behind a fixed per-call latency (`LatencyQPU`);
     usable as the qpu sampler's `child_sampler: samplers.testing:latency_mock`."""
     return LatencyQPU(thermal_mock(topology, **thermal_kwargs), latency_s)
+class FieldOffsetGibbs(FixedBetaGibbs):
+    """A QPU that adds a fixed offset δ_q to the programmed field of every qubit q (like flux-bias
+    offsets), then samples at a fixed β: not Boltzmann in the problem it was given.
+    δ_q = offset_mean + offset_std·N(0, 1), the normal from a generator seeded by
+    (offset_seed, q), so δ_q is the same on every call whichever qubits a problem uses."""
+
+    def __init__(self, beta: float, num_sweeps: int, offset_mean: float, offset_std: float = 0.0,
+                 offset_seed: int = 0, seed: int | None = None):
+        super().__init__(beta, num_sweeps, seed)
+        self.offset_mean, self.offset_std = float(offset_mean), float(offset_std)
+        self.offset_seed = int(offset_seed)
+
+    def offset(self, qubit) -> float:
+        noise = np.random.default_rng([self.offset_seed, int(qubit)]).normal()
+        return self.offset_mean + self.offset_std * noise
+
+    def sample(self, bqm, num_reads: int = 1, **ignored):
+        shifted = bqm.change_vartype(dimod.SPIN, inplace=False)
+        for q in shifted.variables:
+            shifted.add_linear(q, self.offset(q))
+        return _relabelled_energies(super().sample(shifted, num_reads=num_reads), bqm)
+
+
+class TwoTemperatureGibbs(FixedBetaGibbs):
+    """A QPU whose fields act at inverse temperature `beta_fields` and couplings at
+    `beta_couplings` (samples ∝ exp(−β_h·E_h − β_J·E_J)), as when fields and couplers freeze out
+    at different points of the anneal: Boltzmann at one temperature only if the two are equal."""
+
+    def __init__(self, beta_fields: float, beta_couplings: float, num_sweeps: int,
+                 seed: int | None = None):
+        super().__init__(1.0, num_sweeps, seed)
+        self.beta_fields = float(beta_fields)
+        self.beta_couplings = float(beta_couplings)
+
+    def sample(self, bqm, num_reads: int = 1, **ignored):
+        spin = bqm.change_vartype(dimod.SPIN, inplace=False)
+        split = dimod.BinaryQuadraticModel(
+            {v: self.beta_fields * b for v, b in spin.linear.items()},
+            {uv: self.beta_couplings * b for uv, b in spin.quadratic.items()}, 0.0, dimod.SPIN)
+        return _relabelled_energies(super().sample(split, num_reads=num_reads), bqm)
+
+
+def _relabelled_energies(sampleset, bqm):
+    """The samples of `sampleset` in `bqm`'s vartype, with `bqm`'s energies."""
+    samples = sampleset.change_vartype(bqm.vartype, inplace=False)
+    return dimod.SampleSet.from_samples_bqm((samples.record.sample, list(samples.variables)), bqm)
+
+
+def _mock_with(topology, substitute):
+    import topologies
+    from dwave.system.testing import MockDWaveSampler
+
+    graph = topologies.load(topology).mock_kwargs()
+    return MockDWaveSampler(**graph, substitute_sampler=substitute, parameter_warnings=False)
+
+
+def field_offset_mock(topology="chimera_c4", beta: float = 5.0, offset_mean: float = 0.05,
+                      offset_std: float = 0.0, num_sweeps: int = 200, offset_seed: int = 0,
+                      seed: int | None = None):
+    """A MockDWaveSampler of `topology` sampling exp(−beta·(E_prog + Σ_q δ_q s_q)) with fixed
+    per-qubit field offsets δ_q ~ N(offset_mean, offset_std²): a non-thermal QPU."""
+    return _mock_with(topology, FieldOffsetGibbs(beta, num_sweeps, offset_mean, offset_std,
+                                                 offset_seed, seed))
+
+
+def two_temperature_mock(topology="chimera_c4", beta_fields: float = 3.0,
+                         beta_couplings: float = 6.0, num_sweeps: int = 200,
+                         seed: int | None = None):
+    """A MockDWaveSampler of `topology` whose fields are sampled at `beta_fields` and couplings
+    at `beta_couplings`: a non-thermal QPU for estimator checks."""
+    return _mock_with(topology, TwoTemperatureGibbs(beta_fields, beta_couplings, num_sweeps, seed))

@@ -239,5 +239,5 @@ def test_calibrate_command(capsys, monkeypatch, tmp_path):
     empty = tmp_path / "dwave.conf"
     empty.write_text("")
     monkeypatch.setenv("DWAVE_CONFIG_FILE", str(empty))
-    err = _one_line_error(capsys, ["calibrate", "--topology", "chimera_c4", "--num-reads", "10"])
+    err = _one_line_error(capsys, ["calibrate", "--topology", "chimera_c4", "--num-reads", "30"])
     assert "token" in err
