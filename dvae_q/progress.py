@@ -10,11 +10,11 @@ make the same calls after checking ``progress is not None``)::
     progress = as_progress(progress)   # None -> NULL, which does nothing
     progress.set_total(n)              # once, before the first update, in the function's unit
     progress.update(n=1)               # n more units done
-    progress.set_postfix(**values)     # a few live values, e.g. loss=..., log_z=...
+    progress.set_postfix(**values)     # a few live values, e.g. log_z=..., ess=...
 
-The function names its unit in its docstring (AIS: temperature steps; IW evaluation: data
-points; data fetch: bytes; calibration: iterations) and calls `set_total` itself, so a caller
-only names the task. `update` must stay cheap: it is called once per unit.
+The function names its unit in its docstring (AIS: temperatures; IW evaluation: samples, i.e.
+points × K; data fetch: bytes; calibration: iterations) and calls `set_total` itself, so a
+caller only names the task. `update` must stay cheap: it is called once per unit or chunk.
 
 Command-line side
 -----------------
@@ -24,8 +24,8 @@ Command-line side
     configure_logging(reporter)                # log records and warnings go through it too
     with reporter.task("train", total=cfg.steps, initial=start, unit="steps") as bar:
         for step in ...:
-            bar.update(); bar.set_postfix(loss=...)
-            with reporter.task("AIS log Z", unit="temperature steps") as p:   # nested
+            bar.update(); bar.set_postfix(recon=...)
+            with reporter.task("AIS log Z", unit="temperatures") as p:   # nested
                 logz.ais_log_z(..., progress=p)
 
 How it is shown:
@@ -34,15 +34,17 @@ How it is shown:
   is shown inside that bar's postfix (``AIS log Z 120/299``) and removed when it ends, so there
   is a single line and nothing to garble. Log lines are written above the bar (`tqdm.write`).
 * stderr is not a terminal (a log file, CI, a cluster job): plain lines, never a carriage
-  return. An outermost task writes a line each time it passes another tenth of its total, or
-  once `interval_s` has passed since its last line, whichever comes first; a nested task
-  (indented) writes only the timed lines. Every task ends with one line: count, time, rate.
+  return. A task writes a line once `interval_s` has passed since its last line; an outermost
+  one also when it passes another tenth of its total, if `min_gap_s` has passed since its
+  last line (a task of a few seconds writes only its final line). Nested tasks are indented.
+  Every task ends with one line: count, time, rate, postfix.
 * quiet: no progress at all; log records of level WARNING and above are still written.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Protocol, runtime_checkable
@@ -155,7 +157,9 @@ class _Task:
         if elapsed <= 0 or self.n <= self.initial:
             return ""
         per_s = (self.n - self.initial) / elapsed
-        return f"{format_amount(per_s, self.unit)}/s" if self.unit == "B" else f"{per_s:.3g} {self.unit}/s"
+        if self.unit == "B":
+            return f"{format_amount(per_s, self.unit)}/s"
+        return f"{per_s:,.0f} {self.unit}/s" if per_s >= 100 else f"{per_s:.3g} {self.unit}/s"
 
 
 class _LineTask(_Task):
@@ -169,14 +173,18 @@ class _LineTask(_Task):
     def _tenths(self) -> int:
         if self.depth or not self.total:
             return 0
-        return min(9, 10 * self.n // self.total)  # 100 % is the final line's job
+        return 10 * self.n // self.total
 
     def update(self, n=1):
         self.n += n
         now = self.reporter.clock()
+        if self.total and self.n >= self.total:
+            return  # 100 % is the final line's job
+        since = now - self._last_line
         tenth = self._tenths()
-        if tenth > self._tenth or now - self._last_line >= self.reporter.interval_s:
-            self._tenth, self._last_line = max(tenth, self._tenth), now
+        # a task of a few seconds gets its final line only, a long one a line per tenth
+        if (tenth > self._tenth and since >= self.reporter.min_gap_s) or since >= self.reporter.interval_s:
+            self._tenth, self._last_line = tenth, now
             self.reporter.write(self._line(now))
 
     def _line(self, now: float) -> str:
@@ -211,9 +219,11 @@ class _BarTask(_Task):
         super().__init__(reporter, description, total, unit, initial)
         from tqdm import tqdm
 
+        # a terminal that reports no width (some pseudo-terminals) would get an empty bar
+        width = {"dynamic_ncols": True} if _columns(reporter.stream) else {"ncols": 100}
         self.bar = tqdm(
             total=total, initial=initial, desc=description, unit=unit, file=reporter.stream,
-            dynamic_ncols=True, leave=True, unit_scale=unit == "B", mininterval=self.REFRESH_S,
+            leave=True, unit_scale=unit == "B", mininterval=self.REFRESH_S, **width,
         )
         self._inner, self._drawn = "", self.started
 
@@ -282,14 +292,17 @@ class Reporter:
 
     ``mode`` is 'auto' (a bar if the stream is a terminal, else lines), 'bar', 'lines' or
     'off'; ``quiet=True`` means 'off'. ``stream`` defaults to the current sys.stderr, looked up
-    at each write. ``clock`` is injectable for tests.
+    at each write. In lines mode a task writes a line at least every ``interval_s`` seconds,
+    and at each tenth of its total when ``min_gap_s`` has passed since its last line.
+    ``clock`` is injectable for tests.
     """
 
     def __init__(self, stream=None, *, quiet: bool = False, mode: str = "auto",
-                 interval_s: float = 60.0, clock=time.monotonic):
+                 interval_s: float = 60.0, min_gap_s: float = 2.0, clock=time.monotonic):
         if mode not in ("auto", "bar", "lines", "off"):
             raise ValueError(f"progress mode '{mode}' is not one of auto, bar, lines, off")
-        self._stream, self.interval_s, self.clock = stream, interval_s, clock
+        self._stream, self.clock = stream, clock
+        self.interval_s, self.min_gap_s = interval_s, min_gap_s
         if quiet:
             mode = "off"
         elif mode == "auto":
@@ -336,6 +349,13 @@ class Reporter:
         else:
             self.stream.write(message + "\n")
             self.stream.flush()
+
+
+def _columns(stream) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # not a real terminal
+        return 0
 
 
 def _isatty(stream) -> bool:

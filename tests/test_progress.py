@@ -115,11 +115,22 @@ def test_bytes_are_reported_in_decimal_units():
     with reporter.task("fetch", unit="B") as task:
         task.set_total(4_000_000)
         for _ in range(4):
-            clock.now += 1.0
+            clock.now += 2.0
             task.update(1_000_000)
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("fetch: 1.0 MB/4.0 MB (25%)")
-    assert lines[-1] == "fetch: 4.0 MB in 4.0 s (1.0 MB/s)"
+    assert lines[0] == "fetch: 1.0 MB/4.0 MB (25%), 2.0 s elapsed, 500.0 kB/s"
+    assert lines[-1] == "fetch: 4.0 MB in 8.0 s (500.0 kB/s)"
+
+
+def test_log_mode_quick_task_writes_only_its_final_line():
+    out, clock = io.StringIO(), FakeClock()
+    reporter = Reporter(out, clock=clock)  # tenths at least 2 s apart by default
+    with reporter.task("final AIS log Z", unit="temperatures") as task:
+        task.set_total(299)
+        for _ in range(299):
+            clock.now += 0.005
+            task.update()
+    assert out.getvalue() == "final AIS log Z: 299 temperatures in 1.5 s (200 temperatures/s)\n"
 
 
 # --- a terminal: one tqdm bar -----------------------------------------------------------------
@@ -225,3 +236,21 @@ def test_durations_and_amounts():
     assert progress.format_amount(1500, "steps") == "1,500 steps"
     assert progress.format_amount(2_500_000_000, "B") == "2.5 GB"
     assert progress.format_postfix({"loss": 123.456789, "val": None, "step": 3}) == "loss=123.5, step=3"
+
+
+def test_terminal_without_a_width_still_gets_a_bar():
+    pty = pytest.importorskip("pty")
+    import os
+
+    master, slave = pty.openpty()  # a fresh pseudo-terminal reports 0 columns
+    try:
+        with os.fdopen(slave, "w", closefd=False) as stream:
+            reporter = Reporter(stream)
+            assert reporter.mode == "bar"
+            with reporter.task("train", total=4, unit="steps") as bar:
+                bar.update(4)
+        text = os.read(master, 65536).decode()
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert "train: 100%" in text and "4/4" in text
