@@ -241,6 +241,7 @@ def test_durations_and_amounts():
 def test_terminal_without_a_width_still_gets_a_bar():
     pty = pytest.importorskip("pty")
     import os
+    import select
 
     master, slave = pty.openpty()  # a fresh pseudo-terminal reports 0 columns
     try:
@@ -249,7 +250,12 @@ def test_terminal_without_a_width_still_gets_a_bar():
             assert reporter.mode == "bar"
             with reporter.task("train", total=4, unit="steps") as bar:
                 bar.update(4)
-        text = os.read(master, 65536).decode()
+        text = b""
+        # the kernel hands pty output to the master side asynchronously: read up to the newline
+        # that closes the bar (the timeout only guards against a hang)
+        while b"\n" not in text and select.select([master], [], [], 10.0)[0]:
+            text += os.read(master, 65536)
+        text = text.decode()
     finally:
         os.close(master)
         os.close(slave)
