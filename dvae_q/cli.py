@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -37,8 +36,14 @@ class _Parser(argparse.ArgumentParser):
         raise BadInput(f"{command}: {message}" if command else message)
 
 
-def _quiet(args) -> bool:
-    return bool(getattr(args, "quiet", False) or os.environ.get("CI"))
+def _reporter(args):
+    """Progress on stderr for this command (a bar on a terminal, plain lines in a log), with
+    the library's log records routed through it; silent with --quiet."""
+    from dvae_q.progress import Reporter, configure_logging
+
+    reporter = Reporter(quiet=bool(getattr(args, "quiet", False)))
+    configure_logging(reporter)
+    return reporter
 
 
 # --- data -------------------------------------------------------------------------------
@@ -47,7 +52,8 @@ def _quiet(args) -> bool:
 def _cmd_data_fetch(args) -> int:
     from dvae_q.data_fetch import fetch
 
-    result = fetch(args.name, data_dir=args.data_dir, base_url=args.url)
+    with _reporter(args).task(f"fetch {args.name}", unit="B") as progress:
+        result = fetch(args.name, data_dir=args.data_dir, base_url=args.url, progress=progress)
     print(f"stored {result.path}")
     for file_name, digest in result.downloaded.items():
         print(f"  {file_name}: sha256 {digest}")
@@ -120,13 +126,13 @@ def _cmd_train(args) -> int:
         if RunDir(run_dir).is_complete():
             print(f"{run_dir} is complete; see {run_dir / 'results.json'}")
             return 0
-        run = run_api.fit(run_dir=run_dir, resume=True, quiet=_quiet(args))
+        run = run_api.fit(run_dir=run_dir, resume=True, reporter=_reporter(args))
     else:
         if not args.config:
             raise BadInput("train needs --config FILE (or --resume RUN_DIR)")
         cfg = run_api.resolve(args.config, _overrides(args))
         run_dir = Path(args.run_dir) if args.run_dir else run_api.default_run_dir(cfg)
-        run = run_api.fit(cfg, run_dir=run_dir, quiet=_quiet(args))
+        run = run_api.fit(cfg, run_dir=run_dir, reporter=_reporter(args))
     _print_results(run.results, run_dir)
     return 0
 
@@ -137,7 +143,7 @@ def _cmd_eval(args) -> int:
     run = load_run(args.run_dir, args.checkpoint)
     record = run.evaluate(args.split, iw_samples=args.iw_samples, ais_temps=args.ais_temps,
                           ais_chains=args.ais_chains, limit=args.eval_limit,
-                          bracket=not args.no_raise)
+                          bracket=not args.no_raise, reporter=_reporter(args))
     out = run.path / f"eval_{args.split}_k{args.iw_samples}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     line = (f"{args.split} NLL {record['nll']:.3f} nats (K_eval={args.iw_samples}, "
@@ -160,9 +166,20 @@ def _cmd_sample(args) -> int:
     if not out.parent.is_dir():
         raise BadInput(f"folder {out.parent} does not exist")
     run = load_run(args.run_dir, args.checkpoint)
+    cfg = run.config
+    if args.reconstructions:
+        inputs = run.test_images(args.num)
+        caption = (f"step {run.step:,} · {cfg.method} K={cfg.k} · test images (left) and the "
+                   "discrete model's reconstructions (right)")
+        figures.save_reconstructions(inputs.numpy(), run.reconstruct(inputs).numpy(), out,
+                                     caption=caption)
+        print(f"wrote {args.num} test images and their reconstructions to {out}")
+        return 0
+    name = args.sampler or cfg.sampler
     images = run.sample(args.num, args.sampler)
-    figures.save_image_grid(images.numpy(), out)
-    print(f"wrote {args.num} decoded prior samples ({args.sampler or run.config.sampler}) to {out}")
+    caption = f"step {run.step:,} · {cfg.method} K={cfg.k} · sampler {name} · decoded prior samples"
+    figures.save_image_grid(images.numpy(), out, caption=caption)
+    print(f"wrote {args.num} decoded prior samples ({name}) to {out}")
     return 0
 
 
@@ -183,7 +200,7 @@ def _cmd_demo(args) -> int:
         f"{cfg.ais_num_chains} chains.",
         flush=True,
     )
-    run = run_api.fit(cfg, run_dir=run_dir, quiet=_quiet(args))
+    run = run_api.fit(cfg, run_dir=run_dir, reporter=_reporter(args))
     _print_results(run.results, run_dir)
     grids = sorted(run_dir.glob("samples_*.png"))
     print(f"prior samples: {grids[-1] if grids else '-'}\ntraining curves: {run_dir / 'curves.png'}")
@@ -228,6 +245,7 @@ def _data_parsers(commands) -> None:
     fetch.add_argument("name", choices=["binarized_mnist", "omniglot"], help="dataset")
     fetch.add_argument("--data-dir", help="where to store (default: $DVAEQ_DATA_DIR or cache)")
     fetch.add_argument("--url", help="base URL of a mirror instead of the canonical location")
+    fetch.add_argument("--quiet", action="store_true", help="no progress output")
     fetch.set_defaults(func=_cmd_data_fetch)
     info = data_sub.add_parser("info", help="load, verify and summarise the datasets",
                                description="Load, verify and summarise the datasets.")
@@ -271,6 +289,8 @@ def _run_parsers(commands) -> None:
     sm.add_argument("--sampler", help="another sampler than the run's (default: the run's)")
     sm.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which one")
     sm.add_argument("--out", required=True, help="PNG file to write")
+    sm.add_argument("--reconstructions", action="store_true",
+                    help="instead: the first NUM test images beside their reconstructions")
     sm.set_defaults(func=_cmd_sample)
 
     cal = commands.add_parser("calibrate", help="estimate a sampler's effective temperature",

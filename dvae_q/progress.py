@@ -197,6 +197,10 @@ class _LineTask(_Task):
         return f"{'  ' * self.depth}{self.description}: " + ", ".join(parts)
 
     def close(self, failed: bool = False):
+        if failed and self.n <= self.initial:
+            # nothing was done: the error message that follows says all there is to say
+            super().close(failed)
+            return
         now = self.reporter.clock()
         elapsed = format_duration(now - self.started)
         if failed:

@@ -24,6 +24,7 @@ import samplers
 from dvae_q import build, checkpoint, data, logz, scores
 from dvae_q.config import Config, load_config
 from dvae_q.errors import BadInput
+from dvae_q.progress import NULL, Reporter
 from dvae_q.rundir import RunDir
 
 
@@ -84,6 +85,12 @@ class Run:
         z = smp.sample(self.prior(), num, device=next(self.model.parameters()).device)
         return torch.sigmoid(self.model.decode(z)).cpu()
 
+    def test_images(self, num: int) -> torch.Tensor:
+        """The first `num` binary test images of the run's dataset, (num, 784) float32."""
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise BadInput("the number of images must be a positive integer")
+        return data.to_tensor(data.load_binarized(self.config.dataset, "test")[:num])
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Pixel probabilities of the discrete model's reconstruction of binary images x."""
@@ -92,7 +99,8 @@ class Run:
         return torch.sigmoid(self.model.decode(z)).cpu()
 
     def evaluate(self, split: str = "test", *, iw_samples: int = 4000, ais_temps: int = 1000,
-                 ais_chains: int = 1024, limit: int | None = None, bracket: bool = True) -> dict:
+                 ais_chains: int = 1024, limit: int | None = None, bracket: bool = True,
+                 reporter: Reporter | None = None) -> dict:
         """Discrete-model NLL of `split` with `iw_samples` importance samples, its log Z (AIS,
         and with `bracket` the reverse-AIS upper end) and the NLL interval they imply."""
         _check_eval_args(split, iw_samples, ais_temps, ais_chains, limit)
@@ -101,16 +109,18 @@ class Run:
         images = data.load_binarized(cfg.dataset, split)[:limit]
         x = torch.tensor(images, dtype=torch.float32, device=device)
         gen = build.generator(self.seeds["eval"], device)
-        ais = scores.ais(self.model, num_temps=ais_temps, num_chains=ais_chains, generator=gen)
+        ais = scores.ais(self.model, num_temps=ais_temps, num_chains=ais_chains, generator=gen,
+                         reporter=reporter)
         upper = None
         if bracket:
             prior = self.model.prior
-            upper = logz.raise_log_z(prior.a_left.detach(), prior.a_right.detach(),
-                                     prior.weight().detach(), num_temps=ais_temps,
-                                     num_chains=ais_chains, generator=gen)
+            with (reporter.task("reverse AIS log Z", unit="temperatures") if reporter else NULL):
+                upper = logz.raise_log_z(prior.a_left.detach(), prior.a_right.detach(),
+                                         prior.weight().detach(), num_temps=ais_temps,
+                                         num_chains=ais_chains, generator=gen)
         found = scores.nll(self.model, {split: x}, {split: iw_samples}, ais.log_z,
                            batch_size=cfg.eval_batch_size, sample_chunk=cfg.eval_sample_chunk,
-                           generator=gen)
+                           generator=gen, reporter=reporter)
         nll = found[f"{split}_nll"]
         return {
             "run_dir": str(self.path), "checkpoint": self.checkpoint_path.name, "step": self.step,
@@ -173,9 +183,10 @@ def default_run_dir(cfg: Config) -> Path:
 
 def fit(config: str | os.PathLike | Mapping | Config | None = None,
         overrides: Sequence[str] | Mapping | None = None, *, run_dir: str | os.PathLike | None = None,
-        resume: bool = False, quiet: bool = True) -> Run:
+        resume: bool = False, quiet: bool = True, reporter: Reporter | None = None) -> Run:
     """Train a run (or continue one with `resume=True`, from its own config) and return it
-    loaded at its best checkpoint, with `.results` holding the final evaluation."""
+    loaded at its best checkpoint, with `.results` holding the final evaluation. Progress is
+    silent unless `quiet=False` (or a `dvae_q.progress.Reporter` is given)."""
     from dvae_q import train
 
     if resume:
@@ -188,5 +199,5 @@ def fit(config: str | os.PathLike | Mapping | Config | None = None,
         cfg = resolve(config, overrides)
         run_dir = run_dir or default_run_dir(cfg)
     if not (resume and RunDir(run_dir).is_complete()):
-        train.train(cfg, Path(run_dir), resume=resume, quiet=quiet)
+        train.train(cfg, Path(run_dir), resume=resume, quiet=quiet, reporter=reporter)
     return load_run(run_dir)

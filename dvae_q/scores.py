@@ -12,22 +12,33 @@ import torch
 
 from dvae_q import logz
 from dvae_q.evaluate import evaluate_nll
+from dvae_q.progress import NULL, Reporter
 
 
-def ais(model, *, num_temps: int, num_chains: int, generator: torch.Generator) -> logz.LogZEstimate:
+def ais(model, *, num_temps: int, num_chains: int, generator: torch.Generator,
+        reporter: Reporter | None = None) -> logz.LogZEstimate:
     """AIS estimate of the prior's log Z: a stochastic lower bound."""
     prior = model.prior
-    return logz.ais_log_z(prior.a_left.detach(), prior.a_right.detach(), prior.weight().detach(),
-                          num_temps=num_temps, num_chains=num_chains, generator=generator)
+    with _task(reporter, "AIS log Z", "temperatures"):
+        return logz.ais_log_z(prior.a_left.detach(), prior.a_right.detach(),
+                              prior.weight().detach(), num_temps=num_temps,
+                              num_chains=num_chains, generator=generator)
 
 
 def nll(model, data: dict[str, torch.Tensor], counts: dict[str, int], log_z: float, *,
-        batch_size: int, sample_chunk: int, generator: torch.Generator) -> dict[str, float]:
+        batch_size: int, sample_chunk: int, generator: torch.Generator,
+        reporter: Reporter | None = None) -> dict[str, float]:
     """`{split}_nll` and `{split}_elbo` of each split with `counts[split]` importance samples."""
     out = {}
     for split, count in counts.items():
-        result = evaluate_nll(model, data[split], log_z, num_samples=count, batch_size=batch_size,
-                              sample_chunk=sample_chunk, generator=generator)
+        with _task(reporter, f"{split} NLL K={count}", "samples"):
+            result = evaluate_nll(model, data[split], log_z, num_samples=count,
+                                  batch_size=batch_size, sample_chunk=sample_chunk,
+                                  generator=generator)
         out[f"{split}_nll"] = result.nll
         out[f"{split}_elbo"] = result.elbo
     return out
+
+
+def _task(reporter: Reporter | None, description: str, unit: str):
+    return NULL if reporter is None else reporter.task(description, unit=unit)

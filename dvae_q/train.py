@@ -23,6 +23,7 @@ from dvae_q import metrics as metrics_file
 from dvae_q.config import Config, refuse_token
 from dvae_q.errors import BadInput, RunFailure
 from dvae_q.model import DVAE
+from dvae_q.progress import Reporter
 from dvae_q.rundir import RunDir
 from dvae_q.schedule import kl_weight, learning_rate, torch_adam_eps
 
@@ -70,29 +71,32 @@ def build_parts(cfg: Config) -> Parts:
                  beta=build.smoothing_beta(cfg), seeds=seeds)
 
 
-def estimate_log_z(model: DVAE, cfg: Config, gen: torch.Generator):
+def estimate_log_z(model: DVAE, cfg: Config, gen: torch.Generator, reporter=None):
     """AIS estimate of the prior's log Z, the `log Z` of every reported NLL."""
     return scores.ais(model, num_temps=cfg.ais_num_temps, num_chains=cfg.ais_num_chains,
-                      generator=gen)
+                      generator=gen, reporter=reporter)
 
 
-def evaluate_splits(parts: Parts, num_samples: dict[str, int], log_z: float) -> dict:
+def evaluate_splits(parts: Parts, num_samples: dict[str, int], log_z: float,
+                    reporter=None) -> dict:
     """Discrete-model NLL and ELBO of each evaluation split, with `num_samples[split]` IW draws."""
     cfg = parts.cfg
     return scores.nll(parts.model, parts.eval_data, num_samples, log_z,
                       batch_size=cfg.eval_batch_size, sample_chunk=cfg.eval_sample_chunk,
-                      generator=parts.eval_gen)
+                      generator=parts.eval_gen, reporter=reporter)
 
 
-def save_samples(parts: Parts, negatives: torch.Tensor, path: Path) -> None:
-    """Decode the first 100 sampler states and write them as an image grid."""
-    model = parts.model
+def save_samples(parts: Parts, negatives: torch.Tensor, path: Path, step: int) -> None:
+    """Decode the first 100 sampler states and write them as a captioned image grid."""
+    model, cfg = parts.model, parts.cfg
     was_training = model.training
     model.eval()
     with torch.no_grad():
         images = torch.sigmoid(model.decode(negatives[:100].to(parts.device)))
     model.train(was_training)
-    figures.save_image_grid(images.cpu().numpy(), path)
+    caption = (f"step {step:,} · {cfg.method} K={cfg.k} · sampler {cfg.sampler} · decoded "
+               "prior samples")
+    figures.save_image_grid(images.cpu().numpy(), path, caption=caption)
 
 
 def _state(parts: Parts, step: int, extra: dict) -> dict:
@@ -153,14 +157,14 @@ def _start(parts: Parts, run: RunDir, resume: bool) -> tuple[int, float, float, 
 
 
 def train(cfg: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False,
-          parts: Parts | None = None) -> dict:
+          parts: Parts | None = None, reporter: Reporter | None = None) -> dict:
     """Train (or continue) the run in `run_dir`; returns the final results dict.
 
     Builds and validates everything before the run directory is created, so bad input leaves
     nothing behind. A non-finite state raises RunFailure naming the last good checkpoint.
+    Progress goes to `reporter` (default: stderr, silent with `quiet`).
     """
-    from tqdm import tqdm
-
+    reporter = reporter or Reporter(quiet=quiet)
     run = RunDir(run_dir)
     if not resume:
         run.check_new()
@@ -171,19 +175,19 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, quiet: bool = Fal
         board = cfg.tensorboard if cfg.tensorboard is not None else metrics_file.tensorboard_available()
         metrics = metrics_file.MetricsWriter(run.metrics_file, resume_step=start if resume else None,
                                              tensorboard=board)
-        bar = tqdm(total=cfg.steps, initial=start, disable=quiet, dynamic_ncols=True, unit="step")
         try:
-            wall = _loop(parts, run, metrics, bar, start, best_valid, wall, log_z_est)
+            with reporter.task("train", total=cfg.steps, initial=start, unit="steps") as bar:
+                wall = _loop(parts, run, metrics, bar, reporter, start, best_valid, wall,
+                             log_z_est)
         finally:
-            bar.close()
             metrics.close()
-        return finish(parts, run, wall)
+        return finish(parts, run, wall, reporter)
     finally:
         run.unlock()
 
 
-def _loop(parts: Parts, run: RunDir, metrics, bar, start: int, best_valid: float, wall: float,
-          log_z_est: dict | None) -> float:
+def _loop(parts: Parts, run: RunDir, metrics, bar, reporter: Reporter, start: int,
+          best_valid: float, wall: float, log_z_est: dict | None) -> float:
     cfg, model, optimizer, sampler = parts.cfg, parts.model, parts.optimizer, parts.sampler
 
     def snapshot(step: int) -> dict:
@@ -238,21 +242,26 @@ def _loop(parts: Parts, run: RunDir, metrics, bar, start: int, best_valid: float
         # --- evaluate: AIS log Z, then validation/test NLL of the discrete model ---
         if evaluating:
             model.eval()
-            est = estimate_log_z(model, cfg, parts.eval_gen)
+            est = estimate_log_z(model, cfg, parts.eval_gen, reporter)
             log_z_est = {"log_z": est.log_z, "stderr": est.stderr}
             found = evaluate_splits(parts, {s: cfg.eval_iw_samples for s in parts.eval_data},
-                                    est.log_z)
+                                    est.log_z, reporter)
             model.train()
-            save_samples(parts, negatives, run.path / f"samples_{done:07d}.png")
+            save_samples(parts, negatives, run.path / f"samples_{done:07d}.png", done)
             row.update(log_z=est.log_z, log_z_stderr=est.stderr, **found)
             score = found.get("valid_nll", found.get("test_nll"))
-            bar.set_postfix(nll=f"{score:.2f}", refresh=False)
+            bar.set_postfix(recon=row.get("recon"), **{k: v for k, v in found.items()
+                                                       if k.endswith("_nll")})
+            figures.save_curves(metrics_file.read(run.metrics_file) + [_strings(row)],
+                                run.path / "curves.png", **_curve_labels(cfg))
             if score < best_valid:
                 best_valid = score
                 checkpoint.save_atomic(snapshot(done), run.best)
             tick = time.perf_counter()
         if row is not None:
             metrics.write(row)
+            if not evaluating:
+                bar.set_postfix(recon=row.get("recon"))
 
         # --- checkpoint ---
         if done % cfg.checkpoint_every == 0 or evaluating:
@@ -261,22 +270,34 @@ def _loop(parts: Parts, run: RunDir, metrics, bar, start: int, best_valid: float
     return wall
 
 
+def _strings(row: dict) -> dict:
+    return {k: "" if v is None else str(v) for k, v in row.items()}
+
+
+def _curve_labels(cfg: Config, final: dict | None = None) -> dict:
+    """Keyword arguments of figures.save_curves that say what each curve is."""
+    return {"eval_k": {s: cfg.eval_iw_samples for s in cfg.eval_splits}, "final": final,
+            "title": f"{cfg.dataset} {cfg.structure} {cfg.method} K={cfg.k} · sampler {cfg.sampler}"}
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def finish(parts: Parts, run: RunDir, wall_time_s: float) -> dict:
+def finish(parts: Parts, run: RunDir, wall_time_s: float, reporter: Reporter | None = None) -> dict:
     """Final evaluation: best-validation weights, fresh AIS, test with many samples."""
     cfg = parts.cfg
     best = checkpoint.load(run.checkpoint_path("best"))
     parts.model.load_state_dict(best["model"])
     parts.model.eval()
-    est = estimate_log_z(parts.model, cfg, parts.eval_gen)
+    est = estimate_log_z(parts.model, cfg, parts.eval_gen, reporter)
     counts = {s: cfg.eval_iw_samples for s in parts.eval_data}
     if "test" in counts:
         counts["test"] = cfg.final_iw_samples
-    found = evaluate_splits(parts, counts, est.log_z)
-    figures.save_curves(metrics_file.read(run.metrics_file), run.path / "curves.png")
+    found = evaluate_splits(parts, counts, est.log_z, reporter)
+    final = {s: (cfg.steps, found[f"{s}_nll"], k) for s, k in counts.items()}
+    figures.save_curves(metrics_file.read(run.metrics_file), run.path / "curves.png",
+                        **_curve_labels(cfg, final))
     results = {
         "dataset": cfg.dataset,
         "dataset_variant": data.dataset_variant(cfg.dataset),

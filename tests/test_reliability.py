@@ -117,7 +117,10 @@ def test_sigint_during_start_up_is_one_line(tmp_path):
     out, err = proc.communicate(timeout=120)
     if proc.returncode == 0:
         pytest.skip("the run finished before the signal arrived")
-    assert proc.returncode == 130 and err.strip() == "dvae-q: interrupted", err
+    # 130 from main, or death by SIGINT itself (-2) when the signal lands where Python re-raises
+    # it at exit: a shell shows 130 for both; what matters is one line and no traceback
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
+    assert err.strip() == "dvae-q: interrupted", err
 
 
 def test_a_directory_with_a_config_and_no_checkpoint_resumes_from_step_zero(tmp_path):
@@ -220,7 +223,7 @@ def test_calibrate_against_a_refusing_cloud_is_one_line(tmp_path, monkeypatch, c
         monkeypatch.setenv("DWAVE_CONFIG_FILE", str(conf))
         monkeypatch.setenv("DWAVE_API_TOKEN", SECRET)
         monkeypatch.setenv("DWAVE_API_ENDPOINT", f"http://127.0.0.1:{server.server_port}/sapi/v2/")
-        code = main(["calibrate", "--topology", "chimera_c4", "--num-reads", "10"])
+        code = main(["calibrate", "--topology", "chimera_c4", "--num-reads", "30"])
         err = _one_line(capsys, code, 1)
         assert "calibration failed" in err and SECRET not in err
     finally:
