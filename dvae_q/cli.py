@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--run-dir", default=None)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
+
+    from dvae_q import service_cli
+    service_cli.add_commands(commands)
     return parser
 
 
