@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import samplers
-from dvae_q import checkpoint
+from dvae_q import checkpoint, metrics
 from dvae_q.cli import main
 from samplers import BipartiteModel
 from samplers.service.core import SamplingService, ServiceSpec
@@ -118,6 +118,9 @@ def test_samples_and_states_round_trip_as_plain_data():
     msg = encode_samples(z)
     assert msg["bits"].dtype == np.uint8 and msg["bits"].shape == (37, 2)  # 13 bits -> 2 bytes
     assert torch.equal(decode_samples(msg).float(), z)
+    for bad in (0.5, 2.0, -1.0):
+        with pytest.raises(ValueError, match="binary"):
+            encode_samples(torch.tensor([[0.0, bad]]))
 
     sampler = samplers.get("gibbs", num_chains=7, sweeps=2, seed=4)
     sampler.sample(rbm(3, 4, seed=1), 7)
@@ -370,9 +373,355 @@ def test_without_ray_remote_and_serve_say_what_to_install(monkeypatch, tmp_path,
     assert code == 2 and err.count("\n") == 1 and "dvae-q[service]" in err
 
 
+def test_an_address_nothing_listens_on_is_one_line_at_once():
+    pytest.importorskip("ray")
+    # a fresh process: one already connected to Ray keeps its connection and never probes
+    done = subprocess.run([sys.executable, "-m", "dvae_q.cli", "service", "list", "--address",
+                           "127.0.0.1:1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "nothing answers at Ray address 127.0.0.1:1" in done.stderr
+
+
 def test_remote_needs_a_service_name(capsys):
     with pytest.raises(samplers.SamplerOptionError, match="needs option 'service'"):
         samplers.get("remote")
     assert main(["serve", "--sampler", "gibbs", "--name", "x",
                  "--set", "sampler_options.neal.num_sweeps=3"]) == 2
     assert "runs sampler 'gibbs', not 'neal'" in capsys.readouterr().err
+
+
+# ---- against a local Ray instance -----------------------------------------------------------
+
+ray_group = pytest.mark.xdist_group("ray_service")
+GIBBS = ["--set", "sampler_options.gibbs.num_chains=64", "--set", "sampler_options.gibbs.sweeps=5"]
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """One Ray instance for all service tests of this worker, shut down after them."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="dvae-q",
+             log_to_driver=False, logging_level="ERROR")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def serve(ray_address, capsys):
+    """serve(name, *flags) starts a service through the CLI; all are stopped afterwards."""
+    from samplers.service import actor
+
+    started = []
+
+    def start(name, *flags):
+        argv = ["serve", "--sampler", "gibbs", "--name", name, "--address", ray_address,
+                "--num-cpus", "0.5", *flags]
+        assert main(argv) == 0, capsys.readouterr().err
+        started.append(name)
+        return name
+
+    yield start
+    for name in started:
+        if name in actor.names():
+            actor.stop(name)
+
+
+def _remote(ray_address, service, **options):
+    return samplers.get("remote", service=service, address=ray_address, **options)
+
+
+@ray_group
+def test_serve_list_status_stop_from_the_cli(serve, ray_address, capsys):
+    serve("cli-a", *GIBBS)
+    out = capsys.readouterr().out
+    assert "service 'cli-a' is up" in out and "sampler_options.remote.service=cli-a" in out
+    sampler = _remote(ray_address, "cli-a", label="trainer-1")
+    sampler.sample(rbm(4, 4, seed=1), 64)
+    assert main(["service", "list", "--address", ray_address]) == 0
+    assert "cli-a: gibbs (packing on), 1 sessions, 1 calls" in capsys.readouterr().out
+    assert main(["service", "status", "cli-a", "--address", ray_address]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].split()[:3] == ["session", "client", "calls"]
+    assert table[3].split()[1:4] == ["trainer-1", "1", "64"] and table[-1].startswith("all")
+    # the same name twice, an unknown service: one line, exit status 2
+    assert main(["serve", "--sampler", "gibbs", "--name", "cli-a", "--address", ray_address]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already running" in err
+    assert main(["service", "status", "nobody", "--address", ray_address]) == 2
+    assert "no sampling service named 'nobody'" in capsys.readouterr().err
+    assert main(["service", "stop", "cli-a", "--address", ray_address]) == 0
+    assert "stopped service 'cli-a' (1 open sessions ended)" in capsys.readouterr().out
+    assert main(["service", "status", "cli-a", "--address", ray_address]) == 2
+
+
+@ray_group
+def test_remote_sampler_is_the_local_sampler_with_accounting(serve, ray_address):
+    """Packing off: remote draws equal local `gibbs` draws bit for bit, on a masked (sparse on
+    the wire) model; state_dict/load_state_dict move the session into a fresh one."""
+    import topologies
+
+    serve("plain", "--no-packing", *GIBBS)
+    mask = topologies.load("chimera_c4").coupling_mask(8, 8)
+    model = BipartiteModel(torch.randn(8), torch.randn(8), torch.randn(8, 8), mask)
+    local = samplers.get("gibbs", num_chains=64, sweeps=5, seed=5)
+    remote = _remote(ray_address, "plain", seed=5)
+    for n in (64, 100):
+        result = remote.draw(model, n)
+        assert torch.equal(result.samples, local.sample(model, n))
+    info = result.info
+    assert info["service_session_calls"] == 2 and info["service_session_samples"] == 164
+    assert info["chain_sweeps"] == (5 + 1) * 64 and info["service_reconnects"] == 0
+    assert result.samples.dtype == torch.float32
+    state = remote.state_dict()
+    assert state["sampler"] == "gibbs" and torch.equal(state["state"]["chains"],
+                                                       local.state_dict()["chains"])
+    fresh = _remote(ray_address, "plain", seed=999)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.sample(model, 64), local.sample(model, 64))
+    remote.close()
+    fresh.close()
+
+
+@ray_group
+def test_refused_requests_are_one_line_input_errors(serve, ray_address, tmp_path, capsys):
+    from samplers.service.errors import UnknownService, UnknownSession
+
+    serve("strict", "--topology", "chimera_c4", *GIBBS)
+    wrong = _remote(ray_address, "strict", topology="pegasus_p4")
+    with pytest.raises(BadRequest, match="differs from the service's 'chimera_c4'"):
+        wrong.sample(rbm(4, 4, seed=1), 8)
+    with pytest.raises(UnknownService, match="no sampling service named 'absent'"):
+        _remote(ray_address, "absent").sample(rbm(4, 4, seed=1), 8)
+    ok = _remote(ray_address, "strict")
+    ok.sample(rbm(4, 4, seed=1), 8)
+    ok._client.session = "made-up"
+    with pytest.raises(UnknownSession, match="has no session 'made-up'"):
+        ok.sample(rbm(4, 4, seed=1), 8)
+    # through the CLI: bad session options are bad input, exit 2, no run directory
+    run = tmp_path / "run"
+    code = main(["train", "--config", "smoke", "--sampler", "remote", "--run-dir", str(run),
+                 "--quiet", "--topology", "chimera_c4",
+                 "--set", "sampler_options.remote.service=strict",
+                 "--set", f"sampler_options.remote.address={ray_address}",
+                 "--set", "sampler_options.remote.options={num_chains: -1}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "num_chains" in err
+
+
+def _pattern_model(client: int, call: int) -> BipartiteModel:
+    """Biases of ±800 pin every unit (σ(±800) is exactly 1 or 0 in float32), so the samples
+    are exactly the bits of (client, call): any mixed-up or lost reply shows."""
+    bits = lambda v: torch.tensor([(v >> i) & 1 for i in range(16)], dtype=torch.float32)  # noqa: E731
+    return BipartiteModel(bits(client * 4099 + 1) * 1600 - 800, bits(call) * 1600 - 800,
+                          torch.zeros(16, 16))
+
+
+def load_test(ray_address, service: str, clients: int, calls: int) -> tuple[list, dict]:
+    """`clients` threads, each its own session, `calls` draws each; returns the per-call
+    latencies (s) and the failures, after checking every reply against its pattern."""
+    latencies, failures = [], []
+
+    def client(c):
+        sampler = _remote(ray_address, service, label=f"load-{c}")
+        try:
+            for k in range(calls):
+                model = _pattern_model(c, k)
+                start = time.perf_counter()
+                z = sampler.sample(model, 64)
+                latencies.append(time.perf_counter() - start)
+                want = torch.cat([model.a_left > 0, model.a_right > 0]).float()
+                if not torch.equal(z, want.expand(64, -1)):
+                    failures.append((c, k))
+        except Exception as exc:  # reported by the caller's assert
+            failures.append((c, repr(exc)))
+        finally:
+            sampler.close()
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, failures
+
+
+@ray_group
+def test_load_test_loses_and_mixes_nothing(serve, ray_address):
+    from samplers.service import actor
+
+    serve("load", "--set", "sampler_options.gibbs.num_chains=64",
+          "--set", "sampler_options.gibbs.sweeps=2")
+    latencies, failures = load_test(ray_address, "load", clients=4, calls=25)
+    assert failures == [] and len(latencies) == 100
+    q = np.percentile(np.array(latencies) * 1000, [50, 90, 99])
+    print(f"\nload test 4 x 25: latency p50 {q[0]:.1f} ms, p90 {q[1]:.1f} ms, p99 {q[2]:.1f} ms")
+    status = actor.call(actor.find("load"), "status")
+    assert status["total"]["calls"] == 100 and status["total"]["samples"] == 6400
+    assert status["counters"]["device_calls"] <= 100  # packed calls carry several requests
+
+
+@ray_group
+def test_reconnects_to_a_service_restarted_by_ray(serve, ray_address):
+    """With --max-restarts the service comes back after its process dies; the trainer's next
+    call reopens its session from the last state it saved, and says so in its info."""
+    import ray
+
+    from samplers.service import actor
+
+    serve("phoenix", "--max-restarts", "1", "--no-packing", *GIBBS)
+    model = rbm(5, 5, seed=2)
+    remote = _remote(ray_address, "phoenix", seed=3, reconnect_timeout_s=60)
+    remote.sample(model, 64)
+    saved = remote.state_dict()
+    remote.sample(model, 64)  # not saved: lost with the service
+    ray.kill(actor.find("phoenix"), no_restart=False)
+    result = remote.draw(model, 64)
+    assert result.info["service_reconnects"] == 1
+    local = samplers.get("gibbs", num_chains=64, sweeps=5)
+    local.load_state_dict(saved["state"])
+    assert torch.equal(result.samples, local.sample(model, 64))
+    remote.close()
+
+
+# ---- trainers in their own processes --------------------------------------------------------
+
+STEPS = 12
+
+
+def _train(run: Path, seed: int, *sampler_args, steps: int = STEPS) -> list[str]:
+    return [sys.executable, "-m", "dvae_q.cli", "train", "--config", "smoke", "--run-dir",
+            str(run), "--quiet", "--seed", str(seed), "--set", f"steps={steps}",
+            "--set", "checkpoint_every=1", "--set", "eval_every=1000000", "--set", "log_every=1",
+            "--set", "eval_limit=20", "--set", "eval_iw_samples=4",
+            "--set", "final_iw_samples=4", *sampler_args]
+
+
+def _remote_args(ray_address, service):
+    return ["--sampler", "remote", "--set", f"sampler_options.remote.service={service}",
+            "--set", f"sampler_options.remote.address={ray_address}"]
+
+
+def _env():
+    # read when called: ray.init sets RAY_AUTH_MODE=token here, which a process connecting by
+    # explicit address needs; one thread, as the service's, for the same rounding
+    return dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def _start(cmd):
+    return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return out
+
+
+def _tensors(tree, prefix=""):
+    """Every tensor of a nested checkpoint entry, by path."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) \
+        if isinstance(tree, (list, tuple)) else ()
+    out = {}
+    for key, value in items:
+        out.update(_tensors(value, f"{prefix}/{key}"))
+    return out
+
+
+def _assert_identical(local_run: Path, remote_run: Path):
+    a = checkpoint.load(local_run / checkpoint.LAST)
+    b = checkpoint.load(remote_run / checkpoint.LAST)
+    assert a["step"] == b["step"] == STEPS
+    for part in ("model", "optimizer"):
+        ta, tb = _tensors(a[part]), _tensors(b[part])
+        assert ta.keys() == tb.keys() and ta
+        for key in ta:
+            assert torch.equal(ta[key], tb[key]), (part, key)
+    assert torch.equal(a["sampler"]["chains"], b["sampler"]["state"]["chains"])
+
+
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory):
+    """The reference: two short trainings with the local `gibbs` sampler, seeds 1 and 2,
+    started at once in the background; waiting for them is the caller's."""
+    root = tmp_path_factory.mktemp("local")
+    procs = {s: _start(_train(root / f"seed{s}", s, "--sampler", "gibbs")) for s in (1, 2)}
+    done = {}
+
+    def wait(seed):
+        if seed not in done:
+            _finish(procs[seed])
+            done[seed] = root / f"seed{seed}"
+        return done[seed]
+
+    return wait
+
+
+@ray_group
+def test_two_trainers_on_one_service_match_local_runs_bit_for_bit(serve, ray_address,
+                                                                   local_runs, tmp_path):
+    serve("shared", "--no-packing", *GIBBS)
+    procs = {s: _start(_train(tmp_path / f"seed{s}", s, *_remote_args(ray_address, "shared")))
+             for s in (1, 2)}
+    for seed, proc in procs.items():
+        _finish(proc)
+        _assert_identical(local_runs(seed), tmp_path / f"seed{seed}")
+    from samplers.service import actor
+
+    totals = actor.call(actor.find("shared"), "status")["total"]
+    assert totals["calls"] == 2 * STEPS and totals["samples"] == 2 * STEPS * 64
+
+
+@ray_group
+def test_killed_trainer_resumes_exactly_after_the_service_restarts(serve, ray_address,
+                                                                   local_runs, tmp_path):
+    from samplers.service import actor
+
+    serve("restart", "--no-packing", *GIBBS)
+    run = tmp_path / "killed"
+    proc = _start(_train(run, 1, *_remote_args(ray_address, "restart")))
+    for _ in range(6000):  # poll for up to 5 minutes
+        try:
+            if checkpoint.load(run / checkpoint.LAST)["step"] >= STEPS // 2:
+                break
+        except Exception:  # not written yet
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    reached = checkpoint.load(run / checkpoint.LAST)["step"]
+    assert STEPS // 2 <= reached < STEPS, "the kill must interrupt the run"
+    actor.stop("restart")
+    serve("restart", "--no-packing", *GIBBS)  # a new service: the old sessions are gone
+    resumed = subprocess.run([sys.executable, "-m", "dvae_q.cli", "train", "--resume", str(run),
+                              "--quiet"], cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_identical(local_runs(1), run)
+
+
+@ray_group
+def test_a_dead_service_stops_the_trainer_with_exit_1_and_its_checkpoint(serve, ray_address,
+                                                                         tmp_path):
+    from samplers.service import actor
+
+    serve("mortal", *GIBBS)
+    run = tmp_path / "run"
+    # checkpoints only at step 0 (before any call): the service then dies during a draw, not
+    # while the training loop saves its state (that path is the loop's, see the report)
+    cmd = _train(run, 1, *_remote_args(ray_address, "mortal"), steps=100_000)
+    proc = _start([*cmd, "--set", "checkpoint_every=100000"])
+    for _ in range(6000):  # poll for up to 5 minutes until it has drawn a few times
+        if (run / "metrics.csv").is_file() and len(metrics.read(run / "metrics.csv")) >= 3:
+            break
+        time.sleep(0.05)
+    actor.stop("mortal")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "sampling service 'mortal' is gone" in lines[0]
+    assert "checkpoint_last.pt" in lines[0]
+    assert checkpoint.load(run / checkpoint.LAST)["step"] == 0

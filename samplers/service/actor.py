@@ -11,7 +11,9 @@ the Ray namespace `dvae-q` under its service name, outlives the process that sta
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import asdict
@@ -26,6 +28,7 @@ from samplers.service.errors import BadRequest, ServiceUnavailable, UnknownServi
 
 START_TIMEOUT_S = 120.0
 CALL_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = 5.0
 
 
 @ray.remote
@@ -87,16 +90,34 @@ def connect(address: str | None = None, *, start: bool = False) -> None:
     if ray.is_initialized():
         return
     target = address or "auto"
+    if target != "auto":
+        _probe(target)
     quiet = dict(namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
     try:
         ray.init(address=target, **quiet)
         return
     except ConnectionError as exc:
         if not start or target != "auto":
+            # Ray sends its token only to a cluster it found itself ("auto"), never to an
+            # explicit address unless RAY_AUTH_MODE=token says so
+            hint = "" if target == "auto" or os.environ.get("RAY_AUTH_MODE") else (
+                "; a cluster with token authentication also needs RAY_AUTH_MODE=token")
             raise UnknownService(f"no Ray cluster at {target} ({one_line(exc)}); start a "
-                                 "service with `dvae-q serve`") from None
+                                 f"service with `dvae-q serve`{hint}") from None
     _start_local_cluster()
     ray.init(address="auto", **quiet)
+
+
+def _probe(address: str) -> None:
+    """Refuse an address nothing listens on at once: Ray itself would retry for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except ValueError:
+        raise UnknownService(f"Ray address '{address}' is not host:port or ray://host:port") from None
+    except OSError as exc:
+        raise UnknownService(f"nothing answers at Ray address {address} ({exc.strerror or exc}); "
+                             "start a service with `dvae-q serve`") from None
 
 
 def cluster_address() -> str:
@@ -136,12 +157,18 @@ def start(spec: ServiceSpec) -> dict:
         num_gpus=spec.num_gpus, max_restarts=spec.max_restarts,
     ).remote(asdict(spec))
     try:
-        return call(handle, "status", timeout=START_TIMEOUT_S)
-    except ServiceUnavailable:
+        return ray.get(handle.status.remote(), timeout=START_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
         ray.kill(handle, no_restart=True)
         raise ServiceUnavailable(f"service '{spec.name}' did not come up within "
                                  f"{START_TIMEOUT_S:g} s (not enough free CPUs or GPUs in the "
                                  "cluster?)") from None
+    except ray.exceptions.RayActorError as exc:
+        # the last line of Ray's report is the constructor's own error (an import error when
+        # the cluster's Python lacks dvae-q, say)
+        cause = [line for line in str(exc).splitlines() if line.strip()][-1:] or ["unknown"]
+        raise ServiceUnavailable(f"service '{spec.name}' failed to start: "
+                                 f"{cause[0].strip()}") from None
 
 
 def names() -> list[str]:
