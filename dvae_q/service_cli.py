@@ -160,7 +160,12 @@ def cmd_stop(args) -> int:
         sessions = len(actor.call(handle, "status", timeout=5)["sessions"])
     except Exception:  # a wedged service is stopped all the same
         sessions = None
-    actor.stop(args.service)
+    from samplers.service.errors import ServiceUnavailable
+
+    try:
+        actor.stop(args.service)
+    except ServiceUnavailable as exc:
+        raise RunFailure(str(exc)) from None
     ended = f" ({sessions} open sessions ended)" if sessions is not None else ""
     print(f"stopped service '{args.service}'{ended}")
     return 0

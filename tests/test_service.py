@@ -576,7 +576,15 @@ def test_reconnects_to_a_service_restarted_by_ray(serve, ray_address):
     remote.sample(model, 64)
     saved = remote.state_dict()
     remote.sample(model, 64)  # not saved: lost with the service
+    before = actor.call(actor.find("phoenix"), "ping")["incarnation"]
     ray.kill(actor.find("phoenix"), no_restart=False)
+    for _ in range(600):  # ray.kill returns at once: wait until the old process is gone
+        try:
+            if actor.call(actor.find("phoenix"), "ping", timeout=1)["incarnation"] != before:
+                break
+        except Exception:  # restarting
+            pass
+        time.sleep(0.1)
     result = remote.draw(model, 64)
     assert result.info["service_reconnects"] == 1
     local = samplers.get("gibbs", num_chains=64, sweeps=5)

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -177,6 +178,15 @@ def names() -> list[str]:
     return sorted(a["name"] for a in actors if a.get("namespace") == NAMESPACE)
 
 
-def stop(name: str) -> None:
-    """Kill the service (no restart); its sessions end with it."""
+def stop(name: str, wait_s: float = 60.0) -> None:
+    """Kill the service (no restart) and wait until its name is free; its sessions end."""
     ray.kill(find(name), no_restart=True)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:  # ray.kill returns before the actor is gone
+        try:
+            find(name)
+        except UnknownService:
+            return
+        time.sleep(0.1)
+    raise ServiceUnavailable(f"service '{name}' was killed but its name is still taken after "
+                             f"{wait_s:g} s")
