@@ -75,8 +75,13 @@ def fetch(
     if not base.endswith("/"):
         base += "/"
     folder = resolve_data_dir(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".fetch-") as tmp:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = tempfile.TemporaryDirectory(dir=folder, prefix=".fetch-")
+    except OSError as exc:
+        raise DataError(f"cannot write to the data folder {folder} "
+                        f"({exc.strerror or type(exc).__name__}); choose another with --data-dir") from None
+    with staging as tmp:
         downloaded = {}
         for file_name in CANONICAL_FILES[name]:
             target = Path(tmp) / file_name

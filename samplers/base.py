@@ -44,6 +44,11 @@ class SamplerOptionError(ValueError):
     """Unknown sampler name, unknown option, or an option of the wrong type or range."""
 
 
+class SamplerFailure(RuntimeError):
+    """A sampler could not deliver at run time (a device, a cloud service, a remote process);
+    the message is one line and free of secrets."""
+
+
 @dataclass(frozen=True)
 class Option:
     """One declared sampler option: default, accepted types, an optional range check and doc.
@@ -160,6 +165,11 @@ class Sampler:
 
     def _sample(self, model: BipartiteModel, num_samples: int) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
+
+    def preflight(self) -> None:
+        """Check, without network access or side effects, what would make the first call fail
+        for reasons the user must fix (e.g. missing credentials); raise SamplerOptionError.
+        Training calls it before it creates a run directory. Local backends need nothing."""
 
     def state_dict(self) -> dict:
         """Persistent state for checkpoints; stateless backends return {}."""

@@ -6,15 +6,18 @@ of its own; the trainer sees an ordinary `Sampler`.
 
 Each `RemoteSampler` is one session in the service: its own sampler instance there (chains,
 generator, β_eff scaling), built from the service's sampler and options, overridden by
-`options`, with this run's seed and topology. The model crosses the wire sparsely (see
+`options`, with this run's seed and topology. `preflight()` checks, before training writes
+anything, that the service exists and accepts those options. The model crosses the wire sparsely (see
 `samplers.service.wire`); `info` comes back with the samples and carries the service's
 accounting for the call (`service_*` keys). `state_dict()` reads the session's sampler state
-from the service and `load_state_dict()` restores it there (recreating the session if the
-service restarted in between), so a checkpoint resumes exactly.
+from the service and `load_state_dict()` restores it there (when the session opens, so a
+resumed trainer recreates its session from the checkpoint even on a restarted service), so a
+checkpoint resumes exactly.
 
-Errors: a refused request is a `BadRequest` (a SamplerOptionError: exit status 2 from the CLI);
-a dead or unreachable service is a `ServiceUnavailable` (a RuntimeError: the training loop stops
-with exit status 1 and its last good checkpoint).
+Errors: a refused request is a `BadRequest` (a SamplerOptionError: exit status 2 when the
+preflight refuses, before anything is written); a dead or unreachable service is a
+`ServiceUnavailable` (a RuntimeError). During training the loop turns either into exit status 1
+and the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -74,6 +77,12 @@ class RemoteSampler(Sampler):
                 label=o["label"] or f"{socket.gethostname()}:{os.getpid()}")
         return self._client
 
+    def preflight(self) -> None:
+        """Before a run directory exists: the service is there and accepts this session's
+        options and topology (a refusal is one line, exit status 2). Reaches the service but
+        opens no session."""
+        self._session().check()
+
     def _sample(self, model: BipartiteModel, num_samples: int):
         return self._session().draw(model, num_samples)
 
@@ -96,6 +105,7 @@ class RemoteSampler(Sampler):
             return
         sampler, inner = (state.get("sampler"), state["state"]) if "remote" in state else (None, state)
         self._pending = {"remote": 1, "sampler": sampler, "state": inner}
+        # sent when the session opens (a resumed run reaches the service at its first draw)
         self._session().set_state(sampler, inner)
 
     def close(self) -> None:

@@ -486,6 +486,7 @@ def test_remote_sampler_is_the_local_sampler_with_accounting(serve, ray_address)
 
 @ray_group
 def test_refused_requests_are_one_line_input_errors(serve, ray_address, tmp_path, capsys):
+    from samplers.service import actor
     from samplers.service.errors import UnknownService, UnknownSession
 
     serve("strict", "--topology", "chimera_c4", *GIBBS)
@@ -499,15 +500,23 @@ def test_refused_requests_are_one_line_input_errors(serve, ray_address, tmp_path
     ok._client.session = "made-up"
     with pytest.raises(UnknownSession, match="has no session 'made-up'"):
         ok.sample(rbm(4, 4, seed=1), 8)
-    # through the CLI: bad session options are bad input, exit 2, no run directory
+    # through the CLI: the trainer's preflight asks the service before anything is written;
+    # bad session options or an unknown service are bad input, exit 2, no run directory
     run = tmp_path / "run"
-    code = main(["train", "--config", "smoke", "--sampler", "remote", "--run-dir", str(run),
-                 "--quiet", "--topology", "chimera_c4",
-                 "--set", "sampler_options.remote.service=strict",
-                 "--set", f"sampler_options.remote.address={ray_address}",
-                 "--set", "sampler_options.remote.options={num_chains: -1}"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "num_chains" in err
+    base = ["train", "--config", "smoke", "--sampler", "remote", "--run-dir", str(run),
+            "--quiet", "--topology", "chimera_c4",
+            "--set", f"sampler_options.remote.address={ray_address}"]
+    for extra, words in ((["--set", "sampler_options.remote.service=strict",
+                           "--set", "sampler_options.remote.options={num_chains: -1}"],
+                          "num_chains"),
+                         (["--set", "sampler_options.remote.service=absent"],
+                          "no sampling service named 'absent'")):
+        code = main([*base, *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and words in err
+        assert not run.exists()
+    status = actor.call(actor.find("strict"), "status")
+    assert status["counters"]["sessions_opened"] == 1  # `ok`s: a refusal or a preflight opens none
 
 
 def _pattern_model(client: int, call: int) -> BipartiteModel:

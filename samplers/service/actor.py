@@ -44,6 +44,9 @@ class ServiceActor:
     async def open_session(self, request):
         return await self._core.open_session(request)
 
+    async def check_session(self, request):
+        return await self._core.check_session(request)
+
     async def close_session(self, session_id):
         return await self._core.close_session(session_id)
 

@@ -49,7 +49,8 @@ class _Restarted(Exception):
 
 def _close_at_exit(live: dict) -> None:
     """Close the session when the trainer exits (its client object may be gone by then)."""
-    if live.get("session") is not None:
+    # after ray.shutdown() a call would start a new Ray instance instead (Ray's auto-init)
+    if live.get("session") is not None and ray.is_initialized():
         try:
             ray.get(live["handle"].close_session.remote(live["session"]), timeout=2)
         except Exception:  # closing is a courtesy: the service drops idle sessions anyway
@@ -181,18 +182,29 @@ class ServiceClient:
         return {"sampler": message["sampler"], "state": decode_tree(message["state"])}
 
     def set_state(self, sampler: str | None, state: dict) -> None:
-        """Restore the session's sampler (opening the session if needed)."""
+        """Restore the session's sampler: now if the session is open, else when it opens (so
+        loading a checkpoint needs no service)."""
         message = {"v": WIRE_VERSION, "kind": "state", "sampler": sampler,
                    "state": encode_tree(state)}
-        if self.session is None:
-            self.last_state = message
-            self._session_call("ping")  # opens the session with this state, or refuses it
-            return
-        self._session_call("set_state", message)
+        if self.session is not None:
+            self._session_call("set_state", message)
         self.last_state = message
 
+    def check(self) -> None:
+        """Preflight: the service exists and would accept this session; opens nothing."""
+        if self.handle is None:
+            actor.connect(self.address)
+            self.handle = actor.find(self.service)
+        try:
+            reply = self._call("check_session", dict(self.request))
+        except (_Restarted, ServiceUnavailable) as exc:
+            raise UnknownService(f"sampling service '{self.service}' does not answer "
+                                 f"({one_line(exc) or 'restarting'})") from None
+        if not reply["ok"]:
+            self._raise_refusal(reply)
+
     def touch(self) -> None:
-        if self.session is not None and self.handle is not None:
+        if self.session is not None and self.handle is not None and ray.is_initialized():
             try:
                 self.handle.touch.remote([self.session])
             except Exception:  # a heartbeat never fails the trainer; the next call reports
@@ -205,7 +217,7 @@ class ServiceClient:
 
     def __del__(self):
         self._stop.set()
-        if self._live.get("session") is not None:
+        if self._live.get("session") is not None and ray.is_initialized():
             try:  # without waiting: a finaliser must not block
                 self._live["handle"].close_session.remote(self._live["session"])
             except Exception:

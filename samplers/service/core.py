@@ -151,6 +151,18 @@ class SamplingService:
         self.counters["sessions_opened"] += 1
         return self._ok(session=session.id, service=self.describe())
 
+    async def check_session(self, request) -> dict:
+        """Would open_session(request) succeed? Builds the sampler and drops it: a trainer's
+        preflight, before it writes anything."""
+        self._start()
+        if not isinstance(request, dict) or request.get("v") != WIRE_VERSION:
+            return self._refuse("bad_request", f"a session request is a dict of wire version "
+                                               f"{WIRE_VERSION}")
+        spec = self.spec
+        _, refusal = await self._in_worker(
+            build_sampler, spec.sampler, spec.options, spec.topology, request, spec.packing)
+        return refusal or self._ok(service=self.describe())
+
     async def close_session(self, session_id) -> dict:
         return self._ok(closed=self.sessions.pop(session_id, None) is not None)
 

@@ -3,13 +3,13 @@
 A refused request (wrong shapes, NaN parameters, an unknown session or service, bad options) is
 the caller's input error: a `SamplerOptionError`, so the CLI reports it in one line with exit
 status 2, and the service keeps serving everyone else. A service that died, stopped answering
-or failed at run time is a `RuntimeError`, which the training loop turns into exit status 1 and
-the path of the last good checkpoint. Every message is one line.
+or failed at run time is a `SamplerFailure` (a RuntimeError), which the training loop turns into
+exit status 1 and the path of the last good checkpoint. Every message is one line.
 """
 
 from __future__ import annotations
 
-from samplers.base import SamplerOptionError
+from samplers.base import SamplerFailure, SamplerOptionError
 
 INSTALL_HINT = "pip install 'dvae-q[service]'"
 
@@ -30,11 +30,11 @@ class ServiceDependencyMissing(SamplerOptionError):
     """Ray, the optional dependency of the service, is not installed."""
 
 
-class ServiceUnavailable(RuntimeError):
+class ServiceUnavailable(SamplerFailure):
     """The service died, was stopped, or did not answer in time."""
 
 
-class ServiceFailure(RuntimeError):
+class ServiceFailure(SamplerFailure):
     """The service's sampler failed on this request at run time."""
 
 
