@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      metavar="COMMAND")
     _data_parsers(commands)
     _run_parsers(commands)
+    from dvae_q import service_cli
+    service_cli.add_commands(commands)
     return parser
 
 

@@ -232,6 +232,7 @@ REGISTRY = {
     "exact": "samplers.exact:ExactSampler",
     "dimod": "samplers.dimod_sampler:DimodSampler",
     "qpu": "samplers.qpu:QPUSampler",
+    "remote": "samplers.remote:RemoteSampler",
 }
 
 
