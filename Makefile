@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --upgrade pip
 	# torch first, pinned: a bare `torch` resolves to a multi-GB CUDA build.
 	$(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e '.[dev,service]'
+	$(PIP) install -e '.[dev,service,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)

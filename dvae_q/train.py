@@ -191,8 +191,13 @@ def _loop(parts: Parts, run: RunDir, metrics, bar, reporter: Reporter, start: in
     cfg, model, optimizer, sampler = parts.cfg, parts.model, parts.optimizer, parts.sampler
 
     def snapshot(step: int) -> dict:
-        return _state(parts, step, {"best_valid_nll": best_valid, "wall_time_s": wall,
-                                    "log_z": log_z_est})
+        try:  # a remote sampler's state comes over the network: the service may be gone
+            return _state(parts, step, {"best_valid_nll": best_valid, "wall_time_s": wall,
+                                        "log_z": log_z_est})
+        except SAMPLER_FAILURES as exc:
+            raise RunFailure(f"sampler '{cfg.sampler}' failed while its state was saved at step "
+                             f"{step} ({type(exc).__name__}: {_one_line(exc)}); the last good "
+                             f"checkpoint is {run.last}") from exc
 
     model.train()
     tick = time.perf_counter()
