@@ -57,8 +57,7 @@ def measure(structure, k, method, steps, warmup=2):
     x = (torch.rand(100, 784, generator=gen) < 0.13).float()
     timers = Timers()
     timers.wrap(model.encoder, "group_output", "encoder")
-    if model.relaxation is not None:
-        timers.wrap(model.relaxation, "rsample", "relaxation_sampling")
+    timers.wrap(model.relaxation, "rsample", "relaxation_sampling")
     timers.wrap(model.prior, "mean_field_log_prob", "mean_field")
     timers.wrap(model.prior, "gaussian_integral_log_prob", "mean_field")
     timers.wrap(model, "decode", "decoder")

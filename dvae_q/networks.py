@@ -1,4 +1,4 @@
-"""Encoder and decoder networks of the four published structures (spec §4).
+"""Encoder and decoder networks of the four published structures.
 
 MLP block: Linear → [BatchNorm → tanh] per hidden layer, last Linear plain. Weights use TF-1's
 variance-scaling init (truncated normal, σ = sqrt(2.6/fan_in), cut at ±2σ: effective std
@@ -20,8 +20,8 @@ BN_EPS = 1e-2
 
 @dataclass(frozen=True)
 class Structure:
-    """One row of the spec §4 table. The latent size can be overridden per model (D3); these
-    numbers are the defaults that reproduce the paper."""
+    """One row of the published structure table. The latent size can be overridden per model;
+    these numbers are the defaults that reproduce the paper."""
 
     name: str
     num_groups: int
@@ -61,7 +61,7 @@ def init_dense(layer: nn.Linear) -> None:
 
 
 class MLP(nn.Sequential):
-    """Linear → [BatchNorm → tanh] × hidden_layers, then a plain Linear (spec §4)."""
+    """Linear → [BatchNorm → tanh] × hidden_layers, then a plain Linear."""
 
     def __init__(self, in_features: int, out_features: int, hidden_layers: int, width: int):
         layers: list[nn.Module] = []
@@ -77,7 +77,7 @@ class MLP(nn.Sequential):
 
 
 class Decoder(nn.Module):
-    """p(x|ζ): an MLP on all of ζ plus the fixed data-mean logit bias (pitfall 12)."""
+    """p(x|ζ): an MLP on all of ζ plus the fixed bias logit(clip(x̄, 1e−3, 1 − 1e−3)), a constant."""
 
     def __init__(self, num_latent: int, hidden_layers: int, width: int, x_mean: torch.Tensor):
         super().__init__()

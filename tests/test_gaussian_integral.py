@@ -1,6 +1,7 @@
-"""The Gaussian-integral posterior (shifted two-Gaussian mixture, spec §1.6) against independent
+"""The Gaussian-integral posterior (shifted two-Gaussian mixture) against independent
 references: scipy densities and CDFs, quadrature, KS tests, and finite differences of a
-root-found inverse mixture CDF for the gradients to q, δμ and s (decision D1)."""
+root-found inverse mixture CDF for the gradients to q, δμ and s (the scale gradient must subtract
+the shift, which the original code did not)."""
 
 import math
 
@@ -56,7 +57,7 @@ def test_log_q_integrates_to_one_and_matches_scipy(dtype):
 
 
 def test_log_q_clips_q_only_inside_log_one_minus_q():
-    # q > 1 − 1e−4: log(1 − q) is evaluated at q = 1 − 1e−4 (spec §1.6), the softplus keeps the
+    # q > 1 − 1e−4: log(1 − q) is evaluated at q = 1 − 1e−4 (the published model), the softplus keeps the
     # true logit, so the value is the formula with that one substitution
     q, dmu, s = 1 - 1e-6, 0.1, 0.2
     logit, h, v = _gi_params(q, dmu, s)
@@ -89,7 +90,7 @@ def test_implicit_gradients_match_finite_differences(q, dmu, s, rho):
     assert float(d_q) == pytest.approx(fd_q, rel=1e-5)
     assert fd_mu == pytest.approx(1.0, rel=1e-6)
     assert float(d_s) == pytest.approx(fd_s, rel=1e-5)
-    # the original's shift-free formula overshoots by exactly δμ/s (decision D1)
+    # the original's shift-free formula overshoots by exactly δμ/s
     assert _shift_free_ds(zeta, q, dmu, s) - fd_s == pytest.approx(dmu / s, rel=1e-5)
 
 

@@ -1,4 +1,5 @@
-"""Encoder/decoder conventions of spec §4–5 (table, init, BatchNorm, data-mean bias, x − x̄)."""
+"""Encoder/decoder conventions of the published structures (table, init, BatchNorm, data-mean
+bias, x − x̄)."""
 
 import math
 
@@ -13,7 +14,7 @@ def x_mean(seed=0):
     return torch.rand(784, generator=torch.Generator().manual_seed(seed)) * 0.8 + 0.05
 
 
-# spec §3/§4 table, transcribed independently: groups, units, hidden layers, width, N
+# the papers' structure table, transcribed independently: groups, units, hidden layers, width, N
 @pytest.mark.parametrize("name, groups, units, hidden, width, n", [
     ("1-layer-lin", 1, 200, 0, 200, 200),
     ("1-layer-nonlin", 1, 200, 2, 200, 200),
@@ -61,7 +62,7 @@ def test_batchnorm_momentum_and_eps():
     dec = Decoder(16, 2, 200, x_mean())
     bns = [m for m in dec.modules() if isinstance(m, nn.BatchNorm1d)]
     assert len(bns) == 2
-    # TF momentum 0.8 is PyTorch 0.2 (spec §5): after one batch, running = 0.8·0 + 0.2·batch mean
+    # TF momentum 0.8 is PyTorch 0.2: after one batch, running = 0.8·0 + 0.2·batch mean
     assert BN_MOMENTUM == 0.2 and BN_EPS == 1e-2
     assert all(bn.momentum == 0.2 and bn.eps == 1e-2 and bn.affine for bn in bns)
     z = torch.rand(32, 16, generator=torch.Generator().manual_seed(2))

@@ -1,4 +1,4 @@
-"""Objective terms of spec §2 against autograd of the bound they stand for and brute force."""
+"""Objective terms against autograd of the bound they stand for and brute force."""
 
 import itertools
 import math
