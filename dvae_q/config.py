@@ -62,6 +62,10 @@ class Config:
     )
     mean_field_sweeps: int = field(default=5, metadata={"check": _positive})
     power_exact_gradient: bool = False
+    gi_exact_log_q: bool = field(
+        default=False,
+        metadata={"doc": "GI posterior: exact log(1 − q) instead of the published clip q ≤ 1 − 1e−4"},
+    )
     # --- optimisation (spec §5) ---
     steps: int = field(default=1_000_000, metadata={"check": _positive})
     batch_size: int = field(default=100, metadata={"check": _positive})

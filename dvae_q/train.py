@@ -123,6 +123,7 @@ def build(cfg: Config) -> Parts:
             prior_mask=mask,
             mean_field_sweeps=cfg.mean_field_sweeps,
             power_exact_gradient=cfg.power_exact_gradient,
+            gi_exact_log_q=cfg.gi_exact_log_q,
         )
     model.to(device)
     optimizer = torch.optim.Adam(
