@@ -42,7 +42,9 @@ class DVAE(nn.Module):
 
     `forward(x, negative_samples, k=, kappa=, log_z_value=, generator=)` returns the training
     objective; `decode(z)` the decoder logits; `discrete_log_weights` the test model's
-    log-weights, used by `dvae_q.evaluate`. `beta` is the method's β, handed to the relaxation
+    log-weights, used by `dvae_q.evaluate`. `share_data_layer` (default) computes the data part
+    of each encoder group's first layer once per data point instead of once per row (equal up
+    to float rounding; False is the row-by-row reference). `beta` is the method's β, handed to the relaxation
     (for the Gaussian integral it is the floor of the prior's λ). Learned per-unit parameters
     the relaxation asks for live in `relaxation_params[g][name]` (state-dict keys
     `relaxation_params.<g>.<name>`, e.g. `relaxation_params.0.scale` for GI's v).
@@ -60,6 +62,7 @@ class DVAE(nn.Module):
         mean_field_sweeps: int = 5,
         power_exact_gradient: bool = False,
         gi_exact_log_q: bool = False,
+        share_data_layer: bool = True,
     ):
         super().__init__()
         self.structure = get_structure(structure)
@@ -71,6 +74,7 @@ class DVAE(nn.Module):
             raise ValueError(f"num_latent {n} must be even and divisible by {groups} groups")
         self.num_latent, self.units = n, n // groups
         self.mean_field_sweeps = mean_field_sweeps
+        self.share_data_layer = share_data_layer
         # each flag goes to the relaxation family that declares it (its name says which)
         flags = {"exact_gradient": power_exact_gradient, "exact_log_q": gi_exact_log_q}
         accepted = relaxations.accepted_options(self.method.relaxation)
@@ -94,12 +98,17 @@ class DVAE(nn.Module):
         """Decoder logits (rows, 784), data-mean bias included."""
         return self.decoder(zeta)
 
-    def posterior(self, x: torch.Tensor, generator=None) -> list[GroupSample]:
-        """Relaxed hierarchical posterior: group g sees x and the ζ of the groups before it."""
+    def posterior(self, x: torch.Tensor, k: int = 1, generator=None) -> list[GroupSample]:
+        """Relaxed hierarchical posterior for the B·k rows of x (B, 784) repeated k times
+        (copies adjacent): group g sees x and the ζ of the groups before it."""
         out, previous = [], []
         rel = self.relaxation
+        rows = x.repeat_interleave(k, 0) if k > 1 and not self.share_data_layer else x
         for g in range(self.structure.num_groups):
-            raw = self.encoder.group_output(g, x, previous)
+            if self.share_data_layer:
+                raw = self.encoder.group_output_shared(g, x, previous, k)
+            else:
+                raw = self.encoder.group_output(g, rows, previous)
             params = rel.posterior_params(raw, self.relaxation_params[g])
             zeta = rel.rsample(*params, generator=generator)
             log_q = rel.log_q(zeta, *params).sum(-1) if rel.has_density else None
@@ -116,7 +125,7 @@ class DVAE(nn.Module):
     def forward(self, x, negative_samples, *, k: int = 1, kappa: float = 1.0,
                 log_z_value: float | None = None, generator=None) -> ObjectiveResult:
         rows = x.repeat_interleave(k, 0) if k > 1 else x
-        groups = self.posterior(rows, generator=generator)
+        groups = self.posterior(x, k, generator=generator)
         zeta = torch.cat([g.zeta for g in groups], -1)
         recon = objectives.reconstruction_nll(self.decode(zeta), rows)
         log_z_sur = self.prior.log_z_surrogate(negative_samples, log_z_value)

@@ -7,11 +7,13 @@ sqrt(2/fan_in)); biases start at zero. BatchNorm: PyTorch momentum 0.2 (TF's 0.8
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 NUM_PIXELS = 784
 BN_MOMENTUM = 0.2
@@ -102,6 +104,28 @@ class Encoder(nn.Module):
         self.register_buffer("x_mean", torch.as_tensor(x_mean, dtype=torch.float32).clone())
 
     def group_output(self, g: int, x: torch.Tensor, previous: list[torch.Tensor]) -> torch.Tensor:
-        """Raw output of group g's MLP (U logits, or 2U for two heads) given x and ζ_<g."""
+        """Raw output of group g's MLP (U logits, or 2U for two heads) given x and ζ_<g, row by
+        row: the reference computation."""
         inputs = torch.cat([x - self.x_mean, *previous], dim=-1)
         return self.groups[g](inputs)
+
+    def group_output_shared(self, g: int, x: torch.Tensor, previous: list[torch.Tensor],
+                            k: int) -> torch.Tensor:
+        """`group_output` for the rows of x (B, 784) each repeated k times (copies adjacent), with
+        ζ_<g given for those B·k rows.
+
+        The first layer's data part W_x·(x − x̄) + b is computed once per data point and
+        repeated; the ζ part is added per row. BatchNorm after it still sees all B·k rows. The
+        same function as `group_output` on repeated rows up to float rounding (one product is
+        split in two), without the k-fold work on the 784 data inputs, forward and backward.
+        """
+        mlp = self.groups[g]
+        first = mlp[0]
+        h = F.linear(x - self.x_mean, first.weight[:, :NUM_PIXELS], first.bias)
+        if k > 1:
+            h = h.repeat_interleave(k, 0)
+        if previous:
+            h = torch.addmm(h, torch.cat(previous, -1), first.weight[:, NUM_PIXELS:].T)
+        for layer in itertools.islice(mlp, 1, None):
+            h = layer(h)
+        return h

@@ -81,6 +81,8 @@ class RBMPrior(nn.Module):
         −E_aug(sg(m), ζ) − log_z_sur, so ∂/∂a = m − E_s[z], ∂/∂W = m_L m_Rᵀ − E_s[z_L z_Rᵀ] and
         ∂/∂ζ = b′(ζ)m + c′(ζ). Returns (log p̂ per row, mean-field residual max |m − σ(field)|).
         """
+        if num_sweeps < 1:
+            raise ValueError(f"mean field needs at least one sweep, got {num_sweeps}")
         b, c = relaxation.b(zeta), relaxation.c(zeta)
         b_l, b_r = self.split(b)
         w = self.weight()
@@ -90,17 +92,19 @@ class RBMPrior(nn.Module):
             for _ in range(num_sweeps):
                 m_r = torch.sigmoid(m_l @ w + self.a_right + b_r)
                 m_l = torch.sigmoid(m_r @ w.T + self.a_left + b_l)
-            residual = torch.maximum(
-                (m_r - torch.sigmoid(m_l @ w + self.a_right + b_r)).abs().amax(),
-                (m_l - torch.sigmoid(m_r @ w.T + self.a_left + b_l)).abs().amax(),
-            )
+        # m_L W is both the energy's product (with its gradient to W) and the right block's
+        # residual field; the left block's residual is exactly 0, the last sweep having set
+        # m_L = σ(m_R Wᵀ + a_L + b_L) from this very m_R
+        ml_w = m_l @ w
+        with torch.no_grad():
+            residual = (m_r - torch.sigmoid(ml_w + self.a_right + b_r)).abs().amax()
             m = torch.cat([m_l, m_r], -1)
             mc = m.clamp(ENTROPY_CLIP, 1 - ENTROPY_CLIP)
             entropy = -(mc * torch.log(mc) + (1 - mc) * torch.log(1 - mc)).sum(-1)
         neg_e_aug = (
             m_l @ self.a_left
             + m_r @ self.a_right
-            + ((m_l @ w) * m_r).sum(-1)
+            + (ml_w * m_r).sum(-1)
             + (b * m + c).sum(-1)
         )
         x = neg_e_aug - log_z_sur

@@ -94,3 +94,22 @@ def test_decoder_data_mean_logit_bias():
     assert float(dec.x_bias[0]) == pytest.approx(math.log(1e-3 / 0.999), rel=1e-5)
     # with ζ = 0 and zero-initialised last-layer bias the logits are exactly the data-mean bias
     torch.testing.assert_close(dec(torch.zeros(2, 8)), dec.x_bias.expand(2, -1))
+
+
+@pytest.mark.parametrize("hidden", [0, 2])
+def test_shared_data_layer_equals_the_row_by_row_encoder(hidden):
+    # W·[x − x̄; ζ] + b as W_x·(x − x̄) + b once per point, repeated, plus W_ζ·ζ per row: the same
+    # function of x and ζ; in float64 one product split in two moves the result by rounding only
+    torch.manual_seed(0)  # network init draws from the global generator
+    enc = Encoder(3, 5, hidden, 16, heads=2, x_mean=x_mean()).double()
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(4, 784, generator=g) < 0.3).double()
+    k = 3
+    zetas = [torch.rand(12, 5, generator=g, dtype=torch.float64) for _ in range(2)]
+    rows = x.repeat_interleave(k, 0)
+    for group in range(3):
+        want = enc.group_output(group, rows, zetas[:group])
+        got = enc.group_output_shared(group, x, zetas[:group], k)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # k = 1 with no earlier group is the very same product
+    assert torch.equal(enc.group_output_shared(0, x, [], 1), enc.group_output(0, x, []))

@@ -87,7 +87,7 @@ def test_mean_field_gradient_semantics():
     zeta = zeta.detach().requires_grad_(True)
     samples = samplers.get("exact", seed=1).sample(prior.snapshot(), 500).double()
     sur = prior.log_z_surrogate(samples)
-    log_p, _ = prior.mean_field_log_prob(zeta, rel, sur, num_sweeps=5)
+    log_p, residual = prior.mean_field_log_prob(zeta, rel, sur, num_sweeps=5)
     log_p.sum().backward()
     # the mean-field fixed point, recomputed here: 5 sweeps from 0.5, right block first
     b = rel.b(zeta.detach())
@@ -95,6 +95,13 @@ def test_mean_field_gradient_semantics():
     for _ in range(5):
         m_r = torch.sigmoid(m_l @ prior.W.detach() + prior.a_right.detach() + b[:, 4:])
         m_l = torch.sigmoid(m_r @ prior.W.detach().T + prior.a_left.detach() + b[:, :4])
+    # the residual: how far either block is from its own update at the final m
+    w, a_l, a_r = prior.W.detach(), prior.a_left.detach(), prior.a_right.detach()
+    off_r = (m_r - torch.sigmoid(m_l @ w + a_r + b[:, 4:])).abs().max()
+    off_l = (m_l - torch.sigmoid(m_r @ w.T + a_l + b[:, :4])).abs().max()
+    assert residual == pytest.approx(float(max(off_r, off_l)), rel=1e-12) and residual > 0
+    with pytest.raises(ValueError, match="at least one sweep"):
+        prior.mean_field_log_prob(zeta, rel, sur, num_sweeps=0)
     rows = 3
     torch.testing.assert_close(prior.a_left.grad, m_l.sum(0) - rows * samples[:, :4].mean(0))
     torch.testing.assert_close(prior.a_right.grad, m_r.sum(0) - rows * samples[:, 4:].mean(0))
