@@ -17,6 +17,7 @@ replay time + negative phase time). The projection of a 1M-step cell counts trai
 only (the protocol's 50 evaluations with AIS come on top).
 
     python bench/train_step.py [--device cpu|cuda] [--structures ...] [--ks 1 5 25] [--steps 8]
+                               [--threads N]
 """
 
 from __future__ import annotations
@@ -82,21 +83,33 @@ class GemmRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in GEMMS:
-            layout = [(a.shape, a.stride()) if isinstance(a, torch.Tensor) else a for a in args]
+            layout = [(tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a for a in args]
             self.calls.append((func, layout, kwargs))
         return func(*args, **kwargs)
 
 
-def replay(calls, device, dtype) -> None:
-    """Run the recorded products once, on random data laid out as recorded."""
+def replay_args(calls, device, dtype):
+    """Random operands laid out as recorded, made before timing; one buffer per distinct layout
+    (data values do not change a product's speed)."""
+    buffers, prepared = {}, []
     for func, layout, kwargs in calls:
-        func(*[_strided(a, device, dtype) if isinstance(a, tuple) else a for a in layout], **kwargs)
+        args = []
+        for a in layout:
+            if isinstance(a, tuple):
+                if a not in buffers:
+                    shape, stride = a
+                    span = 1 + sum((n - 1) * s for n, s in zip(shape, stride)) if all(shape) else 0
+                    buffers[a] = torch.randn(span, device=device, dtype=dtype).as_strided(shape, stride)
+                a = buffers[a]
+            args.append(a)
+        prepared.append((func, args, kwargs))
+    return prepared
 
 
-def _strided(spec, device, dtype):
-    shape, stride = spec
-    span = 1 + sum((n - 1) * s for n, s in zip(shape, stride)) if all(shape) else 0
-    return torch.randn(span, device=device, dtype=dtype).as_strided(shape, stride)
+def replay(prepared) -> None:
+    """Run the recorded products once, back to back."""
+    for func, args, kwargs in prepared:
+        func(*args, **kwargs)
 
 
 def build(structure, k, method, device, share):
@@ -153,7 +166,7 @@ def gemm_profile(p):
               ).loss.backward()
     model.zero_grad(set_to_none=True)
     model.load_state_dict(state)  # BatchNorm running statistics
-    return counter.get_total_flops(), recorder.calls
+    return counter.get_total_flops(), replay_args(recorder.calls, p["device"], torch.float32)
 
 
 def measure(structure, k, method, steps, device, warmup=2):
@@ -171,7 +184,7 @@ def measure(structure, k, method, steps, device, warmup=2):
             step(p)
             sync(device)
             start = time.perf_counter()
-            replay(profiles[name][1], device, torch.float32)
+            replay(profiles[name][1])
             sync(device)
             replays[name] += time.perf_counter() - start
     return {name: summarise(p, profiles[name][0], replays[name], steps) for name, p in paths.items()}
@@ -216,9 +229,12 @@ def main():
     ap.add_argument("--structures", nargs="+", default=list(STRUCTURES), choices=list(STRUCTURES))
     ap.add_argument("--ks", nargs="+", type=int, default=[1, 5, 25])
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="default bench/results/train_step[_<device>].json")
     args = ap.parse_args()
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = {}
     head = " ".join(f"{c[:8]:>8s}" for c in COLUMNS)
     print(f"{'structure':15s} {'K':>3s} {'path':9s} {head}  GFLOP GFLOP/s ratio 1M-h   (ms per step)")

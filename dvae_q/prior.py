@@ -83,21 +83,23 @@ class RBMPrior(nn.Module):
         """
         if num_sweeps < 1:
             raise ValueError(f"mean field needs at least one sweep, got {num_sweeps}")
-        b, c = relaxation.b(zeta), relaxation.c(zeta)
+        b, c = relaxation.b_and_c(zeta)
         b_l, b_r = self.split(b)
         w = self.weight()
         with torch.no_grad():
+            # the fields' constant parts, added once and fused into each sweep's product
+            bias_l, bias_r = self.a_left + b_l, self.a_right + b_r
             m_l = torch.full_like(b_l, 0.5)
             m_r = torch.full_like(b_r, 0.5)
             for _ in range(num_sweeps):
-                m_r = torch.sigmoid(m_l @ w + self.a_right + b_r)
-                m_l = torch.sigmoid(m_r @ w.T + self.a_left + b_l)
+                m_r = torch.sigmoid(torch.addmm(bias_r, m_l, w))
+                m_l = torch.sigmoid(torch.addmm(bias_l, m_r, w.T))
         # m_L W is both the energy's product (with its gradient to W) and the right block's
-        # residual field; the left block's residual is exactly 0, the last sweep having set
-        # m_L = σ(m_R Wᵀ + a_L + b_L) from this very m_R
+        # residual field; the left block's residual is 0, the last sweep having just set m_L to
+        # its update from this very m_R
         ml_w = m_l @ w
         with torch.no_grad():
-            residual = (m_r - torch.sigmoid(ml_w + self.a_right + b_r)).abs().amax()
+            residual = (m_r - torch.sigmoid(ml_w + bias_r)).abs().amax()
             m = torch.cat([m_l, m_r], -1)
             mc = m.clamp(ENTROPY_CLIP, 1 - ENTROPY_CLIP)
             entropy = -(mc * torch.log(mc) + (1 - mc) * torch.log(1 - mc)).sum(-1)

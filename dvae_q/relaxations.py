@@ -122,6 +122,12 @@ class Relaxation:
         """c(ζ) = log r0(ζ), so that r(ζ|z) = exp(c(ζ) + b(ζ)·z)."""
         return self._log_r0(zeta)
 
+    def b_and_c(self, zeta):
+        """(b(ζ), c(ζ)) with log r0(ζ) evaluated once: the same values as b and c (the mean field
+        needs both); gradients equal to rounding (one backward pass through log r0, not two)."""
+        c = self._log_r0(zeta)
+        return self._log_r0(1.0 - zeta) - c, c
+
     def log_q(self, zeta, logits):
         """log((1 − q)·r0(ζ) + q·r1(ζ)) with q = σ(logits), as a logaddexp of the log-components
         (the log of the sum underflows where both densities are tiny)."""
@@ -178,6 +184,9 @@ class SpikeExp(Relaxation):
     def c(self, zeta):
         raise NotImplementedError(self._NO_DENSITY)
 
+    def b_and_c(self, zeta):
+        raise NotImplementedError(self._NO_DENSITY)
+
     def log_q(self, zeta, logits):
         raise NotImplementedError(self._NO_DENSITY)
 
@@ -209,6 +218,9 @@ class Exponential(Relaxation):
 
     def b(self, zeta):
         return self.beta * (2.0 * zeta - 1.0)  # linear, |b| ≤ β
+
+    def b_and_c(self, zeta):
+        return self.b(zeta), self.c(zeta)
 
 
 class Power(Relaxation):
@@ -268,6 +280,9 @@ class Gaussian(Relaxation):
 
     def b(self, zeta):
         return 0.5 * self.beta * (2.0 * zeta - 1.0)
+
+    def b_and_c(self, zeta):
+        return self.b(zeta), self.c(zeta)
 
 
 class UniformExponential(Relaxation):

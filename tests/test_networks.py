@@ -113,3 +113,13 @@ def test_shared_data_layer_equals_the_row_by_row_encoder(hidden):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     # k = 1 with no earlier group is the very same product
     assert torch.equal(enc.group_output_shared(0, x, [], 1), enc.group_output(0, x, []))
+
+
+def test_decoder_folds_the_data_mean_bias_into_its_last_layer():
+    # logits = MLP(ζ) + logit(x̄): folding the constant into the last bias changes rounding only
+    torch.manual_seed(0)  # network init draws from the global generator
+    dec = Decoder(16, 2, 32, x_mean()).double()
+    with torch.no_grad():
+        dec.net[-1].bias.normal_()
+    z = torch.rand(7, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(dec(z), dec.net(z) + dec.x_bias, rtol=1e-12, atol=1e-12)

@@ -351,3 +351,20 @@ def test_gaussian_integral_contract_samples_and_density_match_the_mixture():
     want = np.log((1 - q) * stats.norm.pdf(x, dmu, s) + q * stats.norm.pdf(x, 1 + dmu, s))
     got = gi.log_q(torch.tensor(x).unsqueeze(1), *(p[:3] for p in params[:2]), params[2])
     np.testing.assert_allclose(got[:, 0].numpy(), want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name, beta", FAMILIES)
+def test_b_and_c_in_one_pass_equal_b_and_c(name, beta):
+    # the mean field takes both from one evaluation of log r0(ζ): the same values, and the
+    # gradient to ζ of any combination equal to rounding
+    rel = relaxations.make(name, beta)
+    zeta = torch.rand(50, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    zeta = zeta.requires_grad_(True)
+    b, c = rel.b_and_c(zeta)
+    assert torch.equal(b, rel.b(zeta)) and torch.equal(c, rel.c(zeta))
+    weights = torch.linspace(-1, 1, 50, dtype=torch.float64)
+    got = torch.autograd.grad((weights * b + c).sum(), zeta)[0]
+    want = torch.autograd.grad((weights * rel.b(zeta) + rel.c(zeta)).sum(), zeta)[0]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(NotImplementedError, match="no density"):
+        relaxations.make("spike_exp", 5.0).b_and_c(zeta)
