@@ -42,12 +42,13 @@ class DVAE(nn.Module):
 
     `forward(x, negative_samples, k=, kappa=, log_z_value=, generator=)` returns the training
     objective; `decode(z)` the decoder logits; `discrete_log_weights` the test model's
-    log-weights, used by `dvae_q.evaluate`. `share_data_layer` (default) computes the data part
-    of each encoder group's first layer once per data point instead of once per row (equal up
-    to float rounding; False is the row-by-row reference). `beta` is the method's β, handed to the relaxation
+    log-weights, used by `dvae_q.evaluate`. `beta` is the method's β, handed to the relaxation
     (for the Gaussian integral it is the floor of the prior's λ). Learned per-unit parameters
     the relaxation asks for live in `relaxation_params[g][name]` (state-dict keys
     `relaxation_params.<g>.<name>`, e.g. `relaxation_params.0.scale` for GI's v).
+    `share_data_layer` (default) computes the data part of each encoder group's first layer
+    once per data point instead of once per row: equal up to float rounding; False is the
+    row-by-row reference.
     """
 
     def __init__(
@@ -75,11 +76,8 @@ class DVAE(nn.Module):
         self.num_latent, self.units = n, n // groups
         self.mean_field_sweeps = mean_field_sweeps
         self.share_data_layer = share_data_layer
-        # each flag goes to the relaxation family that declares it (its name says which)
-        flags = {"exact_gradient": power_exact_gradient, "exact_log_q": gi_exact_log_q}
-        accepted = relaxations.accepted_options(self.method.relaxation)
-        options = {key: True for key, on in flags.items() if on and key in accepted}
-        self.relaxation = relaxations.make(self.method.relaxation, self.beta, **options)
+        self.relaxation = _make_relaxation(self.method.relaxation, self.beta, {
+            "exact_gradient": power_exact_gradient, "exact_log_q": gi_exact_log_q})
         hidden, width = self.structure.hidden_layers, self.structure.width
         self.encoder = Encoder(groups, self.units, hidden, width, self.relaxation.heads, x_mean)
         self.decoder = Decoder(n, hidden, width, x_mean)
@@ -159,6 +157,13 @@ class DVAE(nn.Module):
         log_px = -objectives.reconstruction_nll(self.decode(z), x).double()
         log_prior = -self.prior.energy(z).double()
         return log_prior - log_q + log_px, log_prior + entropy + log_px
+
+
+def _make_relaxation(name: str, beta: float, flags: dict) -> relaxations.Relaxation:
+    """The relaxation with each switched-on flag that its family declares (a flag's name says
+    which family it is for; the others ignore it)."""
+    accepted = relaxations.accepted_options(name)
+    return relaxations.make(name, beta, **{key: True for key, on in flags.items() if on and key in accepted})
 
 
 def _rename_legacy_keys(module, state_dict, prefix, *_):

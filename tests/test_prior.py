@@ -100,6 +100,13 @@ def test_mean_field_gradient_semantics():
     off_r = (m_r - torch.sigmoid(m_l @ w + a_r + b[:, 4:])).abs().max()
     off_l = (m_l - torch.sigmoid(m_r @ w.T + a_l + b[:, :4])).abs().max()
     assert residual == pytest.approx(float(max(off_r, off_l)), rel=1e-12) and residual > 0
+    # the value: −E_aug(m, ζ) + H(m) − log Z_sur at that m, with the 1e−7 entropy clip
+    m = torch.cat([m_l, m_r], 1).clamp(1e-7, 1 - 1e-7)
+    entropy = -(m * m.log() + (1 - m) * (1 - m).log()).sum(1)
+    m = torch.cat([m_l, m_r], 1)
+    zd = zeta.detach()
+    neg_e_aug = m_l @ a_l + m_r @ a_r + ((m_l @ w) * m_r).sum(1) + (rel.b(zd) * m + rel.c(zd)).sum(1)
+    torch.testing.assert_close(log_p.detach(), neg_e_aug + entropy - float(sur.detach()), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="at least one sweep"):
         prior.mean_field_log_prob(zeta, rel, sur, num_sweeps=0)
     rows = 3
