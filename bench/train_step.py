@@ -223,7 +223,12 @@ def row_text(structure, k, name, per) -> str:
 
 def resolve_device(name: str) -> torch.device:
     """The requested device, or SystemExit: a CUDA request without CUDA never runs on the CPU."""
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"--device {name}: not a torch device") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {name}: this benchmark times cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {name}: CUDA is not available on this machine")
     return device
