@@ -75,6 +75,8 @@ class Config:
         "mean-field sweeps for log Z(ζ) of the overlapping relaxations", check=_positive))
     power_exact_gradient: bool = field(default=False, metadata=_doc(
         "power relaxation: implicit gradient from the exact CDF instead of the ε-floored one"))
+    gi_exact_log_q: bool = field(default=False, metadata=_doc(
+        "Gaussian-integral posterior: exact log(1 − q) instead of the published clip q ≤ 1 − 1e−4"))
     # --- optimisation ---
     steps: int = field(default=1_000_000, metadata=_doc("training steps", check=_positive))
     batch_size: int = field(default=100, metadata=_doc("data points per step", check=_positive))
