@@ -132,16 +132,10 @@ class DVAE(nn.Module):
         return objectives.OBJECTIVES[self.method.kl](self, fp)
 
     # --- the discrete test model --------------------------------------------------------------
-    def discrete_log_weights(self, x: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-weights of the discrete test model for one binary z ~ q(z|x) per row.
-
-        Returns (ℓ, ℓ_H), both float64 (rows,), log Z not included:
-        ℓ = −E(z) − log q(z|x) + log p(x|z), and ℓ_H, the same with −log q(z|x) replaced by the
-        analytic Bernoulli entropies Σ_g H(q_g(·|x, z_<g)) (same mean over z, lower variance:
-        the ELBO reported for DVAE/DVAE++). Binary z of earlier groups feeds later groups and
-        the decoder; only the logits of the relaxation's parameters are used (GI's shift and
-        scale belong to the relaxed model). Call under no_grad in eval mode.
-        """
+    def binary_posterior(self, x: torch.Tensor, generator=None):
+        """One binary z ~ q(z|x) per row of the discrete test model, with log q(z|x) and the
+        analytic entropies Σ_g H(q_g(·|x, z_<g)) (float64, per row): binary z of earlier
+        groups feeds later groups. Call under no_grad in eval mode."""
         zs = []
         log_q = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         entropy = torch.zeros_like(log_q)
@@ -153,7 +147,19 @@ class DVAE(nn.Module):
             log_q -= nn.functional.binary_cross_entropy_with_logits(logits, z, reduction="none").sum(-1).double()
             entropy += objectives.bernoulli_entropy(logits.double())
             zs.append(z)
-        z = torch.cat(zs, -1)
+        return torch.cat(zs, -1), log_q, entropy
+
+    def discrete_log_weights(self, x: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-weights of the discrete test model for one binary z ~ q(z|x) per row.
+
+        Returns (ℓ, ℓ_H), both float64 (rows,), log Z not included:
+        ℓ = −E(z) − log q(z|x) + log p(x|z), and ℓ_H, the same with −log q(z|x) replaced by the
+        analytic Bernoulli entropies Σ_g H(q_g(·|x, z_<g)) (same mean over z, lower variance:
+        the ELBO reported for DVAE/DVAE++). Binary z of earlier groups feeds later groups and
+        the decoder; only the logits of the relaxation's parameters are used (GI's shift and
+        scale belong to the relaxed model). Call under no_grad in eval mode.
+        """
+        z, log_q, entropy = self.binary_posterior(x, generator)
         log_px = -objectives.reconstruction_nll(self.decode(z), x).double()
         log_prior = -self.prior.energy(z).double()
         return log_prior - log_q + log_px, log_prior + entropy + log_px
