@@ -192,14 +192,13 @@ def _cmd_eval(args) -> int:
     parts.model.load_state_dict(state["model"])
     parts.model.eval()
     gen = parts.eval_gen
-    prior = parts.model.prior
-    args_z = (prior.a_left.detach(), prior.a_right.detach(), prior.weight().detach())
-    ais = logz.ais_log_z(*args_z, num_temps=args.ais_temps, num_chains=args.ais_chains, generator=gen)
-    bracket = None
-    if not args.no_raise:
-        bracket = logz.raise_log_z(
-            *args_z, num_temps=args.ais_temps, num_chains=args.ais_chains, generator=gen
-        )
+    prior = parts.model.prior.snapshot()
+    sizes = dict(num_temps=args.ais_temps, num_chains=args.ais_chains, generator=gen)
+    if args.no_raise:
+        ais, bracket = logz.ais_log_z(prior, **sizes), None
+    else:  # RAISE starts from the AIS end states resampled by their weights
+        both = logz.bracket(prior, **sizes)
+        ais, bracket = both.lower, both.upper
     scores = train.evaluate_splits(parts, {args.split: args.iw_samples}, ais.log_z)
     nll = scores[f"{args.split}_nll"]
     record = {

@@ -149,15 +149,8 @@ def build(cfg: Config) -> Parts:
 
 def estimate_log_z(model: DVAE, cfg: Config, gen: torch.Generator) -> logz.LogZEstimate:
     """AIS estimate of the prior's log Z (spec §7), the `log Z` of every reported NLL."""
-    prior = model.prior
-    return logz.ais_log_z(
-        prior.a_left.detach(),
-        prior.a_right.detach(),
-        prior.weight().detach(),
-        num_temps=cfg.ais_num_temps,
-        num_chains=cfg.ais_num_chains,
-        generator=gen,
-    )
+    return logz.ais_log_z(model.prior.snapshot(), num_temps=cfg.ais_num_temps,
+                          num_chains=cfg.ais_num_chains, generator=gen)
 
 
 def evaluate_splits(parts: Parts, num_samples: dict[str, int], log_z: float) -> dict:
