@@ -11,7 +11,7 @@ All of them give log Z at the model's β (Z = Σ_z exp(−β·E(z)); a prior's s
 
 * `exact_log_z(model)`: enumeration of the smaller side (≤ 26 units), float64.
 * `ais_log_z(model)`: annealed importance sampling (Neal 2001; for RBMs Salakhutdinov & Murray
-  2008) from the uniform base along β ∈ linspace(0, 1, num_temps). Ẑ is unbiased for Z, so
+  2008) from the uniform base along linspace(0, β, num_temps). Ẑ is unbiased for Z, so
   log Ẑ is a stochastic lower bound: E[log Ẑ] ≤ log Z, and P(log Ẑ > log Z + t) ≤ e^{−t}.
 * `raise_log_z(model)`: reverse AIS (Burda, Grosse & Salakhutdinov 2015): chains start from
   states of the model and anneal back to the base; log Ẑ = log Z_0 − log mean(w).
@@ -19,15 +19,17 @@ All of them give log Z at the model's β (Z = Σ_z exp(−β·E(z)); a prior's s
 
 What RAISE's upper end rests on. Started from exact samples of p, the reverse weights have
 E[w] = Z_0/Z, so E[log Ẑ_RAISE] ≥ log Z (Jensen). Started from states q instead, the same
-argument gives E[log Ẑ_RAISE] ≥ log Z − log sup_x q(x)/p(x): nothing bounds it. Block-Gibbs
-chains run at β = 1 from uniform states settle in modes in proportion to their basins, not
-their mass; on a multimodal RBM, RAISE from them falls below log Z by tens of nats and the
+argument gives E[log Ẑ_RAISE] ≥ log Z − log sup_x q(x)/p(x), and nothing bounds that ratio
+for arbitrary starting states. Block-Gibbs chains run at β = 1 from uniform states settle in
+modes in proportion to their basins, not their mass; on a multimodal RBM, RAISE from them falls below log Z by tens of nats and the
 "bracket" inverts (tests/test_logz.py shows both). The AIS end states are not samples of p
 either: they follow the annealing's allocation of chains to modes, which only their weights
 correct. So by default RAISE starts from the AIS end states *resampled in proportion to their
-weights* (systematic resampling, which keeps E[count_i] ∝ w_i). A resampled start then has
+weights* (systematic resampling, which keeps E[count_i] ∝ w_i), with fresh randomness for
+the reverse chains. Averaged over the slots, a resampled start then has
     q_N(x) = N·E[w_1·1{x_1 = x} / (w_1 + S_{N−1})] ≤ p(x)·(N/(N−1))·E[Z/Ẑ_{N−1}],
-with S_{N−1} the other chains' total weight and Ẑ_{N−1} their AIS estimate, so
+with S_{N−1} the other chains' total weight and Ẑ_{N−1} their AIS estimate (AIS weights are
+proper: E[w_1·1{x_1 = x}] ∝ p(x); dropping w_1 from the denominator gives the bound), so
     E[log Ẑ_RAISE] ≥ log Z − log(N/(N−1)) − log E[Z/Ẑ_{N−1}]:
 an upper bound up to a term that vanishes as the AIS weights become reliable (many chains,
 concentrated Ẑ). It is not a certificate: a mode that no AIS chain reaches is missing from
@@ -100,7 +102,7 @@ class Bracket:
         return nll + (low - log_z), nll + (high - log_z)
 
 
-def exact_log_z(model: BipartiteModel, chunk: int = 1 << 16) -> float:
+def exact_log_z(model: BipartiteModel, chunk: int = 1 << 12) -> float:
     """Exact log Z, summing the smaller side over all its states (≤ 26 units), float64."""
     n = min(model.num_left, model.num_right)
     if n > MAX_EXACT_UNITS:

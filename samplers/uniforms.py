@@ -48,7 +48,7 @@ class WordStream:
 
     def seed_word(self) -> int:
         """One 63-bit integer, to seed a generator derived from this stream."""
-        return int(self._bits.random_raw() >> np.uint64(1))
+        return self._bits.random_raw() >> 1
 
     def state_dict(self) -> dict:
         state = self._bits.state
