@@ -8,7 +8,8 @@ TORCH_SPEC ?= torch==2.13.0
 # The real datasets live beside the checkout in ../shared/data when it exists.
 SHARED_DATA := $(abspath ../shared/data)
 export DVAEQ_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/binarized_mnist.npz),$(SHARED_DATA),)
-PYTEST_ARGS ?= -n 2
+# --dist loadgroup keeps each xdist_group on one worker (the service tests share one Ray)
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: install demo test clean
 
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --upgrade pip
 	# torch first, pinned: a bare `torch` resolves to a multi-GB CUDA build.
 	$(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,service,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,45 +1,49 @@
-"""The `dvae-q` command line. Errors are mapped to exit codes here and only here:
-bad input (config, flag, data file, topology, token) -> one stderr line, exit 2;
-a runtime failure -> message (and the last good checkpoint), exit 1; bugs keep their traceback."""
+"""The `dvae-q` command line: argument parsing and exit codes over the library's calls.
+
+Errors are mapped to exit codes here and only here: bad input (config, flag, data file,
+topology, checkpoint, token) is one stderr line and exit 2; a runtime failure is one line (with
+the last good checkpoint) and exit 1; Ctrl-C is one line and exit 130; bugs keep their
+traceback. Heavy modules are imported inside the commands, after the error mapping is in place.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import time
 from pathlib import Path
 
-from dvae_q.errors import BadInput, DvaeqError
+from dvae_q import __version__
+from dvae_q.errors import BadInput, DvaeqError, RunFailure
 
 DEMO_CONFIG = "demo"
+DESCRIPTION = ("Train, evaluate and sample discrete variational autoencoders with Boltzmann "
+               "priors (DVAE, DVAE++, DVAE#), with the prior sampled by block Gibbs, population "
+               "annealing, simulated annealing, exact enumeration, any dimod sampler or a "
+               "D-Wave quantum annealer.")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises BadInput instead of printing usage and exiting."""
+    """argparse that raises BadInput instead of printing usage and exiting, and shows every
+    option's default in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
-        raise BadInput(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("dvae-q").strip()
+        raise BadInput(f"{command}: {message}" if command else message)
 
 
-def _input_error_types() -> tuple[type[BaseException], ...]:
-    """Input errors of the sibling packages, which do not depend on dvae_q."""
-    types: list[type[BaseException]] = [BadInput]
-    try:
-        from samplers import SamplerOptionError
+def _reporter(args):
+    """Progress on stderr for this command (a bar on a terminal, plain lines in a log), with
+    the library's log records routed through it; silent with --quiet."""
+    from dvae_q.progress import Reporter, configure_logging
 
-        types.append(SamplerOptionError)
-    except ImportError:
-        pass
-    try:
-        from topologies import TopologyError
-
-        types.append(TopologyError)
-    except ImportError:
-        pass
-    return tuple(types)
+    reporter = Reporter(quiet=bool(getattr(args, "quiet", False)))
+    configure_logging(reporter)
+    return reporter
 
 
 # --- data -------------------------------------------------------------------------------
@@ -48,7 +52,8 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
 def _cmd_data_fetch(args) -> int:
     from dvae_q.data_fetch import fetch
 
-    result = fetch(args.name, data_dir=args.data_dir, base_url=args.url)
+    with _reporter(args).task(f"fetch {args.name}", unit="B") as progress:
+        result = fetch(args.name, data_dir=args.data_dir, base_url=args.url, progress=progress)
     print(f"stored {result.path}")
     for file_name, digest in result.downloaded.items():
         print(f"  {file_name}: sha256 {digest}")
@@ -74,52 +79,32 @@ def _cmd_data_info(args) -> int:
 
 
 def _cmd_configs(args) -> int:
-    from dvae_q.config import REPO_CONFIGS, describe
+    from dvae_q.config import REPO_CONFIGS, describe, describe_keys
 
+    if args.keys:
+        for key, kind, default, meaning in describe_keys():
+            print(f"{key:22s} {kind:12s} {default:28s} {meaning}")
+        return 0
     for path in sorted(REPO_CONFIGS.rglob("*.yaml")):
         name = path.relative_to(REPO_CONFIGS).with_suffix("")
         print(f"{str(name):34s} {describe(path)}")
     return 0
 
 
-def _resolved_config(args):
-    from dvae_q.config import load_config
-
+def _overrides(args) -> list[str]:
     overrides = list(args.set or [])
-    if args.sampler:
-        overrides.append(f"sampler={args.sampler}")
-    if args.topology:
-        overrides.append(f"topology={args.topology}")
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    return load_config(args.config, overrides)
-
-
-def _default_run_dir(cfg) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.dataset}-{cfg.structure}-{cfg.method}-k{cfg.k}-{stamp}"
-
-
-def _run_training(cfg, run_dir: Path, resume: bool, quiet: bool) -> dict:
-    from dvae_q import train
-
-    parts = train.build(cfg)  # everything validated before the run directory exists
-    created = not run_dir.exists()
-    try:
-        return train.train(cfg, run_dir, resume=resume, quiet=quiet, parts=parts)
-    except BadInput:
-        if created and not resume:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+    for flag, key in (("sampler", "sampler"), ("topology", "topology"), ("seed", "seed")):
+        value = getattr(args, flag)
+        if value is not None:  # an empty --sampler '' is refused by the config, not ignored
+            overrides.append(f"{key}={value}")
+    return overrides
 
 
 def _print_results(results: dict, run_dir: Path) -> None:
-    test = results.get("test_nll")
-    valid = results.get("valid_nll")
-    k_test = results["iw_samples"].get("test")
+    test, valid = results.get("test_nll"), results.get("valid_nll")
     parts = []
     if test is not None:
-        parts.append(f"test NLL {test:.2f} nats (K_eval={k_test})")
+        parts.append(f"test NLL {test:.2f} nats (K_eval={results['iw_samples'].get('test')})")
     if valid is not None:
         parts.append(f"valid NLL {valid:.2f}")
     parts.append(f"log Z {results['log_z']:.3f} ± {results['log_z_stderr']:.3f} (AIS)")
@@ -129,144 +114,83 @@ def _print_results(results: dict, run_dir: Path) -> None:
 
 
 def _cmd_train(args) -> int:
-    from dvae_q.config import config_from_dict
+    from dvae_q import run as run_api
+    from dvae_q.rundir import RunDir
 
-    quiet = args.quiet or bool(os.environ.get("CI"))
     if args.resume:
-        if args.config or args.set or args.sampler or args.topology or args.seed is not None:
+        if args.config or args.set or args.sampler is not None or args.topology is not None \
+                or args.seed is not None or args.run_dir:
             raise BadInput("--resume continues a run with its own config; drop the other flags")
         run_dir = Path(args.resume)
-        cfg_file = run_dir / "config.yaml"
-        if not cfg_file.is_file():
-            raise BadInput(f"{run_dir} is not a run directory (no config.yaml)")
-        import yaml
-
-        cfg = config_from_dict(yaml.safe_load(cfg_file.read_text()))
-        if (run_dir / "results.json").is_file():
-            print(f"{run_dir} is complete; see results.json")
+        RunDir(run_dir).read_config()  # a clear error for a folder that is not a run
+        if RunDir(run_dir).is_complete():
+            print(f"{run_dir} is complete; see {run_dir / 'results.json'}")
             return 0
-        results = _run_training(cfg, run_dir, resume=True, quiet=quiet)
+        run = run_api.fit(run_dir=run_dir, resume=True, reporter=_reporter(args))
     else:
         if not args.config:
             raise BadInput("train needs --config FILE (or --resume RUN_DIR)")
-        cfg = _resolved_config(args)
-        run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise BadInput(f"run directory {run_dir} exists; continue it with --resume {run_dir}")
-        results = _run_training(cfg, run_dir, resume=False, quiet=quiet)
-    _print_results(results, run_dir)
+        cfg = run_api.resolve(args.config, _overrides(args))
+        run_dir = Path(args.run_dir) if args.run_dir else run_api.default_run_dir(cfg)
+        run = run_api.fit(cfg, run_dir=run_dir, reporter=_reporter(args))
+    _print_results(run.results, run_dir)
     return 0
 
 
-def _load_run(run_dir: Path, which: str = "best"):
-    """A run's resolved config, its best (or last) checkpoint and that checkpoint's path."""
-    import yaml
-
-    from dvae_q import checkpoint
-    from dvae_q.config import config_from_dict
-
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        raise BadInput(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = config_from_dict(yaml.safe_load(cfg_file.read_text()))
-    name = checkpoint.BEST if which == "best" else checkpoint.LAST
-    path = run_dir / name
-    if which == "best" and not path.is_file():
-        path = run_dir / checkpoint.LAST
-    state = checkpoint.load(path)
-    return cfg, state, path
-
-
 def _cmd_eval(args) -> int:
-    from dvae_q import logz, train
-    from dvae_q.config import config_from_dict
+    from dvae_q.run import load_run
 
-    run_dir = Path(args.run_dir)
-    cfg, state, path = _load_run(run_dir, args.checkpoint)
-    overrides = cfg.to_dict()
-    overrides["eval_splits"] = [args.split]
-    if args.eval_limit is not None:
-        overrides["eval_limit"] = args.eval_limit
-    cfg = config_from_dict(overrides)
-    parts = train.build(cfg)
-    parts.model.load_state_dict(state["model"])
-    parts.model.eval()
-    gen = parts.eval_gen
-    prior = parts.model.prior.snapshot()
-    sizes = dict(num_temps=args.ais_temps, num_chains=args.ais_chains, generator=gen)
-    if args.no_raise:
-        ais, bracket = logz.ais_log_z(prior, **sizes), None
-    else:  # RAISE starts from the AIS end states resampled by their weights
-        both = logz.bracket(prior, **sizes)
-        ais, bracket = both.lower, both.upper
-    scores = train.evaluate_splits(parts, {args.split: args.iw_samples}, ais.log_z)
-    nll = scores[f"{args.split}_nll"]
-    record = {
-        "run_dir": str(run_dir),
-        "checkpoint": path.name,
-        "step": state["step"],
-        "split": args.split,
-        "num_points": int(parts.eval_data[args.split].shape[0]),
-        "iw_samples": args.iw_samples,
-        "nll": nll,
-        "elbo": scores[f"{args.split}_elbo"],
-        "log_z_ais": ais.log_z,
-        "log_z_ais_stderr": ais.stderr,
-        "log_z_raise": bracket.log_z if bracket else None,
-        "log_z_raise_stderr": bracket.stderr if bracket else None,
-        # NLL moves one for one with log Z: the RAISE estimate gives the other end of the bracket
-        "nll_with_raise_log_z": nll + (bracket.log_z - ais.log_z) if bracket else None,
-    }
-    out = run_dir / f"eval_{args.split}_k{args.iw_samples}.json"
+    run = load_run(args.run_dir, args.checkpoint)
+    record = run.evaluate(args.split, iw_samples=args.iw_samples, ais_temps=args.ais_temps,
+                          ais_chains=args.ais_chains, limit=args.eval_limit,
+                          bracket=not args.no_raise, reporter=_reporter(args))
+    out = run.path / f"eval_{args.split}_k{args.iw_samples}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
-    line = (
-        f"{args.split} NLL {nll:.3f} nats (K_eval={args.iw_samples}, "
-        f"{record['num_points']} points, step {state['step']}), "
-        f"log Z {ais.log_z:.3f} ± {ais.stderr:.3f} (AIS)"
-    )
-    if bracket:
-        line += f", RAISE {bracket.log_z:.3f} ± {bracket.stderr:.3f} → NLL ≤ {record['nll_with_raise_log_z']:.3f}"
+    line = (f"{args.split} NLL {record['nll']:.3f} nats (K_eval={args.iw_samples}, "
+            f"{record['num_points']} points, step {record['step']}), "
+            f"log Z {record['log_z_ais']:.3f} ± {record['log_z_ais_stderr']:.3f} (AIS)")
+    if record["log_z_raise"] is not None:
+        line += (f", RAISE {record['log_z_raise']:.3f} ± {record['log_z_raise_stderr']:.3f} "
+                 f"→ NLL ≤ {record['nll_with_raise_log_z']:.3f}")
     print(line)
     return 0
 
 
 def _cmd_sample(args) -> int:
-    import torch
+    from dvae_q import figures
+    from dvae_q.run import load_run
 
-    from dvae_q import figures, train
-    from dvae_q.config import config_from_dict
-
-    run_dir = Path(args.run_dir)
-    cfg, state, _ = _load_run(run_dir, args.checkpoint)
-    if args.num < 1:
-        raise BadInput("--num must be positive")
-    raw = cfg.to_dict()
-    if args.sampler:
-        raw["sampler"] = args.sampler
-    cfg = config_from_dict(raw)
-    parts = train.build(cfg)
-    parts.model.load_state_dict(state["model"])
-    if not args.sampler and state.get("sampler"):
-        parts.sampler.load_state_dict(state["sampler"])  # continue the run's own chains
-    parts.model.eval()
-    z = parts.sampler.sample(parts.model.prior.snapshot(), args.num, device=parts.device)
-    with torch.no_grad():
-        images = torch.sigmoid(parts.model.decode(z)).cpu().numpy()
     out = Path(args.out)
-    if out.parent and not out.parent.exists():
+    if out.is_dir():
+        raise BadInput(f"--out {out} is a folder; give a PNG file name")
+    if not out.parent.is_dir():
         raise BadInput(f"folder {out.parent} does not exist")
-    figures.save_image_grid(images, out)
-    print(f"wrote {args.num} decoded prior samples ({cfg.sampler}) to {out}")
+    run = load_run(args.run_dir, args.checkpoint)
+    cfg = run.config
+    if args.reconstructions:
+        inputs = run.test_images(args.num)
+        caption = (f"step {run.step:,} · {cfg.method} K={cfg.k} · test images (left) and the "
+                   "discrete model's reconstructions (right)")
+        figures.save_reconstructions(inputs.numpy(), run.reconstruct(inputs).numpy(), out,
+                                     caption=caption)
+        print(f"wrote {args.num} test images and their reconstructions to {out}")
+        return 0
+    name = args.sampler or cfg.sampler
+    images = run.sample(args.num, args.sampler)
+    caption = f"step {run.step:,} · {cfg.method} K={cfg.k} · sampler {name} · decoded prior samples"
+    figures.save_image_grid(images.numpy(), out, caption=caption)
+    print(f"wrote {args.num} decoded prior samples ({name}) to {out}")
     return 0
 
 
 def _cmd_demo(args) -> int:
-    from dvae_q.config import load_config
+    import time
 
-    cfg = load_config(DEMO_CONFIG)
-    run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg).with_name(
-        "demo-" + time.strftime("%Y%m%d-%H%M%S")
-    )
+    from dvae_q import run as run_api
+
+    cfg = run_api.resolve(DEMO_CONFIG)
+    run_dir = Path(args.run_dir) if args.run_dir else \
+        Path("runs") / ("demo-" + time.strftime("%Y%m%d-%H%M%S"))
     print(
         f"dvae-q demo: DVAE# ({cfg.method}, K={cfg.k}, {cfg.structure}) on {cfg.dataset} with "
         f"--sampler {cfg.sampler}, {cfg.steps} steps.\nThis is a SHORT budget on a CPU, not the "
@@ -276,105 +200,161 @@ def _cmd_demo(args) -> int:
         f"{cfg.ais_num_chains} chains.",
         flush=True,
     )
-    results = _run_training(cfg, run_dir, resume=False, quiet=args.quiet or bool(os.environ.get("CI")))
-    _print_results(results, run_dir)
+    run = run_api.fit(cfg, run_dir=run_dir, reporter=_reporter(args))
+    _print_results(run.results, run_dir)
     grids = sorted(run_dir.glob("samples_*.png"))
     print(f"prior samples: {grids[-1] if grids else '-'}\ntraining curves: {run_dir / 'curves.png'}")
     return 0
 
 
 def _cmd_calibrate(args) -> int:
-    from samplers.temperature import calibrate_cli
+    from samplers import SamplerFailure
+    from samplers.temperature import TemperatureEstimationError, calibrate_cli
 
-    report = calibrate_cli(
-        topology=args.topology,
-        sampler=args.sampler,
-        num_reads=args.num_reads,
-        seed=args.seed,
-        child_sampler=args.child_sampler,
-    )
+    try:
+        report = calibrate_cli(topology=args.topology, sampler=args.sampler,
+                               num_reads=args.num_reads, seed=args.seed,
+                               child_sampler=args.child_sampler, estimator=args.estimator,
+                               num_bootstrap=args.bootstrap, max_iterations=args.max_iterations)
+    except (SamplerFailure, TemperatureEstimationError) as exc:
+        raise RunFailure(f"calibration failed: {exc}") from None
     print(report)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="dvae-q", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+# --- the parser ---------------------------------------------------------------------------
 
-    data_cmd = commands.add_parser("data", help="inspect or download the datasets")
+
+def _add_run_options(p, *, run_dir_help: str) -> None:
+    p.add_argument("--config", help="config YAML path or shipped name (see `dvae-q configs`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key (repeatable; values are YAML)")
+    p.add_argument("--sampler", help="prior sampler: gibbs, pa, neal, exact, dimod, qpu, remote")
+    p.add_argument("--topology", help="hardware topology name or YAML file (restricts the prior)")
+    p.add_argument("--seed", type=int, help="root seed of every random stream")
+    p.add_argument("--run-dir", help=run_dir_help)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _data_parsers(commands) -> None:
+    data_cmd = commands.add_parser("data", help="inspect or download the datasets",
+                                   description="Inspect or download the datasets.")
     data_sub = data_cmd.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    fetch = data_sub.add_parser("fetch", help="download canonical files, convert and verify")
-    fetch.add_argument("name", choices=["binarized_mnist", "omniglot"])
+    fetch = data_sub.add_parser("fetch", help="download canonical files, convert and verify",
+                                description="Download the canonical files, convert and verify them.")
+    fetch.add_argument("name", choices=["binarized_mnist", "omniglot"], help="dataset")
     fetch.add_argument("--data-dir", help="where to store (default: $DVAEQ_DATA_DIR or cache)")
     fetch.add_argument("--url", help="base URL of a mirror instead of the canonical location")
+    fetch.add_argument("--quiet", action="store_true", help="no progress output")
     fetch.set_defaults(func=_cmd_data_fetch)
-    info = data_sub.add_parser("info", help="load, verify and summarise the datasets")
-    info.add_argument("name", nargs="?", choices=["binarized_mnist", "omniglot"])
+    info = data_sub.add_parser("info", help="load, verify and summarise the datasets",
+                               description="Load, verify and summarise the datasets.")
+    info.add_argument("name", nargs="?", choices=["binarized_mnist", "omniglot"],
+                      help="dataset (default: both)")
     info.add_argument("--data-dir", help="folder holding the files (default: $DVAEQ_DATA_DIR)")
     info.set_defaults(func=_cmd_data_info)
 
-    cfgs = commands.add_parser("configs", help="list the shipped experiment configs")
+
+def _run_parsers(commands) -> None:
+    cfgs = commands.add_parser("configs", help="list the shipped configs, or every config key",
+                               description="List the shipped experiment configs, or every key.")
+    cfgs.add_argument("--keys", action="store_true",
+                      help="list every config key with its type, default and meaning")
     cfgs.set_defaults(func=_cmd_configs)
 
-    train = commands.add_parser("train", help="train a model (or --resume a run)")
-    train.add_argument("--config", help="config YAML path or shipped name (see `dvae-q configs`)")
+    train = commands.add_parser("train", help="train a model (or --resume a run)",
+                                description="Train a model from a config, or continue a run.")
+    _add_run_options(train, run_dir_help="run directory (default: runs/<name>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or unfinished run")
-    train.add_argument("--sampler", help="prior sampler: gibbs, pa, neal, exact, dimod, qpu")
-    train.add_argument("--topology", help="hardware topology name or YAML file")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
-    train.add_argument("--run-dir", help="run directory (default: runs/<name>-<time>)")
-    train.add_argument("--seed", type=int, help="root seed")
-    train.add_argument("--quiet", action="store_true", help="no progress bar (CI logs)")
     train.set_defaults(func=_cmd_train)
 
-    ev = commands.add_parser("eval", help="AIS log Z (+ RAISE bracket) and discrete-model NLL")
-    ev.add_argument("run_dir")
-    ev.add_argument("--iw-samples", type=int, default=4000)
-    ev.add_argument("--split", choices=["valid", "test"], default="test")
-    ev.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    ev.add_argument("--ais-temps", type=int, default=1000)
-    ev.add_argument("--ais-chains", type=int, default=1024)
+    ev = commands.add_parser("eval", help="log Z bracket and discrete-model NLL of a run",
+                             description="AIS log Z (with the reverse-AIS upper end) and the "
+                                         "discrete model's NLL of a run's checkpoint.")
+    ev.add_argument("run_dir", help="run directory")
+    ev.add_argument("--iw-samples", type=int, default=4000, help="importance samples per point")
+    ev.add_argument("--split", choices=["valid", "test"], default="test", help="data split")
+    ev.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which one")
+    ev.add_argument("--ais-temps", type=int, default=1000, help="AIS inverse temperatures (>= 2)")
+    ev.add_argument("--ais-chains", type=int, default=1024, help="AIS chains (>= 2)")
     ev.add_argument("--eval-limit", type=int, help="evaluate only the first N points")
-    ev.add_argument("--no-raise", action="store_true", help="skip the reverse-AIS bracket")
+    ev.add_argument("--no-raise", action="store_true", help="skip the reverse-AIS upper end")
+    ev.add_argument("--quiet", action="store_true", help="no progress output")
     ev.set_defaults(func=_cmd_eval)
 
-    sm = commands.add_parser("sample", help="decoded prior samples as an image grid")
-    sm.add_argument("run_dir")
-    sm.add_argument("--num", type=int, default=100)
-    sm.add_argument("--sampler", help="another sampler than the run's")
-    sm.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    sm = commands.add_parser("sample", help="decoded prior samples as an image grid",
+                             description="Draw prior samples of a run and decode them to images.")
+    sm.add_argument("run_dir", help="run directory")
+    sm.add_argument("--num", type=int, default=100, help="number of samples")
+    sm.add_argument("--sampler", help="another sampler than the run's (default: the run's)")
+    sm.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which one")
     sm.add_argument("--out", required=True, help="PNG file to write")
+    sm.add_argument("--reconstructions", action="store_true",
+                    help="instead: the first NUM test images beside their reconstructions")
     sm.set_defaults(func=_cmd_sample)
 
-    cal = commands.add_parser("calibrate", help="estimate a sampler's effective temperature")
+    cal = commands.add_parser("calibrate", help="estimate a sampler's effective temperature",
+                              description="Estimate a sampler's effective inverse temperature "
+                                          "on a probe RBM of a topology.")
     cal.add_argument("--topology", required=True, help="topology name or YAML file")
-    cal.add_argument("--sampler", default="qpu")
-    cal.add_argument("--num-reads", type=int, default=1000)
-    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--sampler", default="qpu", help="sampler to calibrate")
+    cal.add_argument("--num-reads", type=int, default=1000, help="samples per estimate")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the probe and the estimate")
     cal.add_argument("--child-sampler", help="import path of a structured dimod sampler factory")
+    cal.add_argument("--estimator", choices=["mpl", "energy", "both"], default="mpl",
+                     help="pseudo-likelihood, energy matching, or both with a disagreement check")
+    cal.add_argument("--bootstrap", type=int, default=100, help="bootstrap replicates (>= 20)")
+    cal.add_argument("--max-iterations", type=int, default=5, help="calibration rounds (>= 1)")
+    cal.add_argument("--quiet", action="store_true", help="no progress output")
     cal.set_defaults(func=_cmd_calibrate)
 
-    demo = commands.add_parser("demo", help="the main job of `make demo`: a short training run")
-    demo.add_argument("--run-dir", default=None)
-    demo.add_argument("--quiet", action="store_true")
+    demo = commands.add_parser("demo", help="the main job of `make demo`: a short training run",
+                               description="A short DVAE# training run on binarized MNIST.")
+    demo.add_argument("--run-dir", default=None, help="run directory (default: runs/demo-<time>)")
+    demo.add_argument("--quiet", action="store_true", help="no progress output")
     demo.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dvae-q", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"dvae-q {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                     metavar="COMMAND")
+    _data_parsers(commands)
+    _run_parsers(commands)
+    from dvae_q import service_cli
+    service_cli.add_commands(commands)
     return parser
 
 
+def _input_error_types() -> tuple[type[BaseException], ...]:
+    """Input errors of the sibling packages, which do not depend on dvae_q (both ValueErrors)."""
+    from samplers import SamplerOptionError
+    from topologies import TopologyError
+
+    return SamplerOptionError, TopologyError
+
+
+def _say(message: object) -> None:
+    text = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"dvae-q: error: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    input_errors = _input_error_types()
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except input_errors as exc:
-        print(f"dvae-q: error: {exc}", file=sys.stderr)
-        return 2
-    except DvaeqError as exc:
-        print(f"dvae-q: error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         print("dvae-q: interrupted", file=sys.stderr)
         return 130
+    except DvaeqError as exc:  # BadInput (2) and RunFailure (1)
+        _say(exc)
+        return exc.exit_code
+    except ValueError as exc:
+        if isinstance(exc, _input_error_types()):
+            _say(exc)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ Public API
 ``BatchIterator`` / ``training_batches(name, batch_size, seed, ...)``
     first epoch in file order, reshuffled at every epoch boundary, last partial batch dropped,
     OMNIGLOT re-binarised at every draw; its ``state_dict()`` makes resume exact.
+``to_tensor(images, dtype=torch.float32, device=None)``
+    a tensor torch owns, copied from a (read-only) dataset array.
 
 Where the files are: the ``data_dir`` argument, else ``$DVAEQ_DATA_DIR``, else
 ``<cache>/data`` with ``<cache>`` = ``$DVAEQ_CACHE_DIR`` or ``$XDG_CACHE_HOME/dvae-q`` or
@@ -37,9 +39,9 @@ from dvae_q.errors import BadInput
 
 SPLITS = ("train", "valid", "test")
 OMNIGLOT_VALID_SIZE = 1345  # the last 1,345 training rows are the validation set (IWAE protocol)
-EVAL_BINARIZATION_SEED = 1  # OMNIGLOT validation/test are binarised once with seed 1 (spec §6)
+EVAL_BINARIZATION_SEED = 1  # OMNIGLOT validation/test are binarised once with seed 1, everywhere
 
-# content sha256 of each decoded split, from ../shared/data/README.md; the .amat files decode
+# content sha256 of each decoded split (row-major uint8 bytes); the .amat files decode
 # to the same arrays as the packed archive (verified pixel-exact by the data's curator)
 MNIST_HASHES = {
     "train": "43490d4d6ac9002727af4426d8748609fdb7e4094fa65ad8d681ea60082a7a5a",
@@ -287,6 +289,13 @@ def training_mean(name: str, data_dir: str | os.PathLike | None = None) -> np.nd
     return train.mean(axis=0, dtype=np.float64) / scale
 
 
+def to_tensor(images: np.ndarray, dtype: torch.dtype = torch.float32,
+              device: torch.device | str | None = None) -> torch.Tensor:
+    """A copy of `images` that torch owns. The arrays `load_dataset` returns are shared and
+    read-only; `torch.as_tensor` would wrap their memory (and warn that it is not writable)."""
+    return torch.tensor(np.asarray(images), dtype=dtype, device=device)
+
+
 class BatchIterator:
     """Endless training batches over `images` (uint8, 0/1 or grey 0..255).
 
@@ -338,7 +347,7 @@ class BatchIterator:
         self.position += 1
         if self.dynamic_binarization:
             rows = self._binarize_rng.random(rows.shape) < rows / 255.0
-        return torch.as_tensor(rows, dtype=self.dtype).to(self.device)
+        return to_tensor(rows, self.dtype, self.device)
 
     def state_dict(self) -> dict:
         return {

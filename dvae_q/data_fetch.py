@@ -12,7 +12,6 @@ record can state exactly what was used).
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -28,6 +27,7 @@ from dvae_q.data import (
     resolve_data_dir,
 )
 from dvae_q.errors import RunFailure
+from dvae_q.progress import Progress, as_progress
 
 CANONICAL_URLS = {
     "binarized_mnist": "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",
@@ -46,13 +46,25 @@ class FetchResult:
     downloaded: dict[str, str]  # canonical file name -> its file sha256
 
 
-def _download(url: str, target: Path, timeout: float) -> None:
+CHUNK_BYTES = 1 << 16
+
+
+def _download(url: str, target: Path, timeout: float, progress: Progress,
+              expected: int | None) -> int | None:
+    """Stream `url` to `target`, reporting bytes; returns the bytes announced so far (None once
+    a server did not say how many it would send)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
-            shutil.copyfileobj(response, out)
+            length = response.headers.get("Content-Length", "")
+            expected = expected + int(length) if expected is not None and length.isdigit() else None
+            progress.set_total(expected)
+            while chunk := response.read(CHUNK_BYTES):
+                out.write(chunk)
+                progress.update(len(chunk))
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise RunFailure(f"could not download {url}: {reason}") from None
+    return expected
 
 
 def fetch(
@@ -62,11 +74,14 @@ def fetch(
     base_url: str | None = None,
     expected_hashes: dict[str, str] | None = None,
     timeout: float = 60.0,
+    progress: Progress | None = None,
 ) -> FetchResult:
     """Download `name`'s canonical files, convert and verify them, and store the archive.
 
     ``base_url`` replaces the canonical location (a mirror, or a loopback server in tests);
     ``expected_hashes`` replaces the published MNIST content hashes (tests with fixtures).
+    ``progress`` (see `dvae_q.progress`) counts bytes downloaded, its total the bytes the
+    servers announce, the file being fetched as postfix.
     Nothing is written to the data folder unless every check passes.
     """
     if name not in CANONICAL_FILES:
@@ -75,12 +90,19 @@ def fetch(
     if not base.endswith("/"):
         base += "/"
     folder = resolve_data_dir(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".fetch-") as tmp:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = tempfile.TemporaryDirectory(dir=folder, prefix=".fetch-")
+    except OSError as exc:
+        raise DataError(f"cannot write to the data folder {folder} "
+                        f"({exc.strerror or type(exc).__name__}); choose another with --data-dir") from None
+    progress, expected = as_progress(progress), 0
+    with staging as tmp:
         downloaded = {}
         for file_name in CANONICAL_FILES[name]:
             target = Path(tmp) / file_name
-            _download(base + file_name, target, timeout)
+            progress.set_postfix(file=file_name)
+            expected = _download(base + file_name, target, timeout, progress, expected)
             downloaded[file_name] = fmt.file_sha256(target)
         try:
             arrays = _convert(name, Path(tmp), expected_hashes)

@@ -178,17 +178,19 @@ def _resampled_starts(ais: LogZEstimate, source) -> tuple[torch.Tensor, torch.Te
 
 
 def raise_log_z(model: BipartiteModel, num_temps: int = 1000, num_chains: int = 1024,
-                generator=None, init_samples: torch.Tensor | None = None) -> LogZEstimate:
+                generator=None, init_samples: torch.Tensor | None = None,
+                from_ais: LogZEstimate | None = None) -> LogZEstimate:
     """Reverse AIS from states of the model back to the uniform base.
 
     Starts from `init_samples` (full states, left | right columns; their number sets the
-    chains) when given, else from the end states of a forward AIS run (`num_temps`,
-    `num_chains`) resampled by their weights (see the module docstring for what that bounds).
+    chains) when given; else from the end states of the AIS run `from_ais` (an `ais_log_z`
+    result for this model), or of a fresh one (`num_temps`, `num_chains`), resampled by their
+    weights (see the module docstring for what that bounds).
     """
     source = derive_source(model.device, generator)
     if init_samples is not None:
         return _reverse(model, init_samples, num_temps, source)
-    ais = ais_log_z(model, num_temps, num_chains, source)
+    ais = from_ais if from_ais is not None else ais_log_z(model, num_temps, num_chains, source)
     starts, groups = _resampled_starts(ais, source)
     return _reverse(model, starts, num_temps, source, groups)
 
@@ -199,7 +201,6 @@ def bracket(model: BipartiteModel, num_temps: int = 1000, num_chains: int = 1024
     resampled by their weights, or from `init_samples` when given."""
     source = derive_source(model.device, generator)
     lower = ais_log_z(model, num_temps, num_chains, source)
-    if init_samples is not None:
-        return Bracket(lower, _reverse(model, init_samples, num_temps, source))
-    starts, groups = _resampled_starts(lower, source)
-    return Bracket(lower, _reverse(model, starts, num_temps, source, groups))
+    upper = raise_log_z(model, num_temps, generator=source, init_samples=init_samples,
+                        from_ais=lower)
+    return Bracket(lower, upper)

@@ -44,6 +44,11 @@ class SamplerOptionError(ValueError):
     """Unknown sampler name, unknown option, or an option of the wrong type or range."""
 
 
+class SamplerFailure(RuntimeError):
+    """A sampler could not deliver at run time (a device, a cloud service, a remote process);
+    the message is one line and free of secrets."""
+
+
 @dataclass(frozen=True)
 class Option:
     """One declared sampler option: default, accepted types, an optional range check and doc.
@@ -106,6 +111,17 @@ class TemperatureScaled(Protocol):
         """Device access time of `draw(model, num_samples)` by the vendor's timing model (µs)."""
 
 
+@runtime_checkable
+class Submitting(Protocol):
+    """A sampler whose calls can be in flight while the caller works (the QPU backend): the
+    training loop's opt-in `prefetch` uses it. Draws complete in submission order, and
+    `state_dict()` holds no trace of a draw still pending."""
+
+    def submit(self, model: BipartiteModel, num_samples: int, *, device=None, dtype=None):
+        """Start `draw(model, num_samples)`; `.result()` of the returned object gives its
+        SampleResult."""
+
+
 class Sampler:
     """Base class of all backends. Subclasses set `name`, `parameters` and implement `_sample`,
     which returns (samples, info) for that call."""
@@ -160,6 +176,11 @@ class Sampler:
 
     def _sample(self, model: BipartiteModel, num_samples: int) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
+
+    def preflight(self) -> None:
+        """Check, without network access or side effects, what would make the first call fail
+        for reasons the user must fix (e.g. missing credentials); raise SamplerOptionError.
+        Training calls it before it creates a run directory. Local backends need nothing."""
 
     def state_dict(self) -> dict:
         """Persistent state for checkpoints; stateless backends return {}."""
@@ -222,6 +243,7 @@ REGISTRY = {
     "exact": "samplers.exact:ExactSampler",
     "dimod": "samplers.dimod_sampler:DimodSampler",
     "qpu": "samplers.qpu:QPUSampler",
+    "remote": "samplers.remote:RemoteSampler",
 }
 
 

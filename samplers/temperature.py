@@ -1,6 +1,6 @@
 """Effective inverse temperature of a sampler's samples, and β_eff calibration.
 
-**Estimator.** Maximum pseudo-likelihood (MPL; ocean_notes §11). For each sample s and unit i
+**Estimator.** Maximum pseudo-likelihood (MPL). For each sample s and unit i
 let Δ_i(s) = E(s with unit i flipped) − E(s). If s ~ exp(−β·E), then
 p(s_i | s_−i) = σ(β·Δ_i(s)), and the pseudo-log-likelihood Σ_s Σ_i log σ(β·Δ_i(s)) is concave in
 β with stationarity condition
@@ -14,18 +14,26 @@ in log β over arrays of Δ. The error bar is the standard deviation of bootstra
 resampled with replacement), each solved by one Newton step from β̂ — one pass over Δ for all
 replicates, so recalibrating a 5,640-qubit problem costs tens of milliseconds.
 
+MPL measures local, single-spin statistics. The second estimator, energy matching
+(`samplers.energy_matching`), measures a global, energy-level temperature; a sampler that is
+Boltzmann at one temperature satisfies both, so `calibrate(..., estimator="both")` reports when
+they disagree beyond their errors.
+
 **Units.** For a `BipartiteModel` the estimate is β̂ with samples ≈ exp(−β̂·E(z)), E the model's
 energy *without* its own `beta` (so exact samples of a model with beta=b give β̂ ≈ b). For a dimod
 BQM it is β̂ with samples ≈ exp(−β̂·E_bqm).
 
 **Calibration.** A sampler whose temperature is a scaling (the QPU backend: it programs
-E·β/β_eff) is corrected by β_eff ← β̂ of its samples measured against the problem it actually
-programmed; `calibrate` repeats that until the estimate is stable and reports β_eff, its error,
-the chain-break fraction and the QPU access time per call.
+E·β/β_eff) is corrected by β_eff ← its estimate, measured by MPL against the problem it actually
+programmed or by energy matching against a classical reference; `calibrate` repeats that until
+the estimate is stable and reports β_eff, its error, the chain-break fraction and the QPU access
+time per call. A seed fixes every random choice, so a report is reproducible.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 from dataclasses import dataclass, field
 
@@ -33,10 +41,28 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from samplers.base import TemperatureScaled
+from samplers.base import SamplerOptionError, TemperatureScaled
+from samplers.energy_matching import EnergyReference, energy_reference, match_energy
 from samplers.model import BipartiteModel
 
 LOG_BETA_MIN, LOG_BETA_MAX = math.log(1e-3), math.log(1e3)  # Ocean's T_bracket (0.001, 1000)
+
+ESTIMATORS = ("mpl", "energy", "both")
+# An error bar needs enough samples to mean something: the standard error estimated from n
+# samples has itself a relative error of about 1/sqrt(2(n − 1)) (13 % at n = 30), and a bootstrap
+# of a single sample is identically 0. Below these counts calibrate refuses rather than print a
+# number that looks like an error bar.
+MIN_SAMPLES = 30
+# the bootstrap std from B replicates has a relative error of about 1/sqrt(2(B − 1)): 16 % at 20
+MIN_BOOTSTRAP = 20
+# the energy loop stops when the mean-energy gap is within this many combined standard errors of
+# the two means. Not 1: after a step the gap carries the step's own error as well as the new
+# samples', so on a device that is exactly thermal a 1-sigma rule keeps iterating about half the
+# time (measured: 300 reads on the thermal mock ran into the 5-call cap); 2 matches the mpl loop
+ENERGY_GAP_SIGMAS = 2.0
+# the estimators disagree when they differ by more than this many combined standard errors; for a
+# sampler that is Boltzmann at one temperature that happens with probability 0.3 % (normal errors)
+DISAGREE_SIGMAS = 3.0
 
 
 class TemperatureEstimationError(ValueError):
@@ -46,7 +72,7 @@ class TemperatureEstimationError(ValueError):
 @dataclass(frozen=True)
 class BetaEstimate:
     beta: float
-    stderr: float                    # bootstrap std; nan when num_bootstrap < 2
+    stderr: float                    # bootstrap std; nan with < 2 replicates or < MIN_SAMPLES rows
     num_samples: int
     bootstrap: tuple = field(default=(), repr=False)
 
@@ -158,7 +184,8 @@ def estimate_beta(model_or_bqm, samples, labels=None, *, num_bootstrap: int = 10
     """β̂ of `samples` for a BipartiteModel or dimod BQM by maximum pseudo-likelihood.
 
     See the module docstring for units. `num_bootstrap` replicates (row resampling with a
-    numpy Generator seeded by `seed`) give `stderr`. Raises TemperatureEstimationError when no
+    numpy Generator seeded by `seed`) give `stderr`; with fewer than MIN_SAMPLES samples there is
+    no meaningful error bar and `stderr` is nan (a bootstrap of one sample is identically 0). Raises TemperatureEstimationError when no
     root lies in β ∈ [1e-3, 1e3] (e.g. every sample is a local minimum: β̂ = ∞).
     """
     delta = flip_costs(model_or_bqm, samples, labels)
@@ -174,40 +201,81 @@ def estimate_beta(model_or_bqm, samples, labels=None, *, num_bootstrap: int = 10
             "(all local minima, or anti-thermal); the sampler is not near equilibrium"
         )
     boot = np.empty(0)
-    if num_bootstrap > 0:
+    if num_bootstrap > 0 and n >= MIN_SAMPLES:
         boot = _bootstrap(delta, beta, bootstrap_weights(n, num_bootstrap, seed))
     finite = boot[np.isfinite(boot)]
     stderr = float(np.std(finite, ddof=1)) if len(finite) >= 2 else math.nan
     return BetaEstimate(beta=beta, stderr=stderr, num_samples=n, bootstrap=tuple(boot.tolist()))
 
 
+class CalibrationSettingError(SamplerOptionError):
+    """A calibration setting that cannot give a meaningful estimate (too few samples, ...)."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One estimator's outcome: β_eff (programmed units for a scaled sampler, else the β of the
+    samples against the model's energy), its error, and how the loop ended."""
+
+    estimator: str          # "mpl" or "energy"
+    beta_eff: float
+    stderr: float           # bootstrap std (mpl) or delta-method error (energy)
+    beta_model: float       # β̂ of the last samples against the model's energy
+    iterations: int
+    converged: bool
+
+    def describe(self) -> str:
+        how = ("pseudo-likelihood, bootstrap std" if self.estimator == "mpl"
+               else "energy matching, delta-method error")
+        return f"{self.beta_eff:.3f} ± {self.stderr:.3f} ({how})"
+
+
 @dataclass(frozen=True)
 class CalibrationResult:
     """Outcome of `calibrate`: the sampler's β_eff (programmed units) and facts per call."""
 
-    beta_eff: float
+    beta_eff: float                   # the value the sampler was left at
     stderr: float
     beta_model: float                 # β̂ of the last samples against the model's energy
     chain_break_fraction: float | None
     qpu_access_time_us: float | None  # per sample() call, as the solver reported (a mock's is fake)
     estimated_qpu_access_time_us: float | None  # per sample() call, Ocean's timing model
     num_samples: int
-    iterations: int
+    iterations: int                   # sampler calls of all loops together
     history: tuple = ()
+    estimator: str = "mpl"
+    mpl: Measurement | None = None
+    energy: Measurement | None = None
+    disagree: bool | None = None      # None unless both estimators ran
+
+    def _agreement(self) -> str:
+        diff = self.mpl.beta_eff - self.energy.beta_eff
+        sigma = math.hypot(self.mpl.stderr, self.energy.stderr)
+        apart = (f"mpl - energy = {diff:.3f} is {abs(diff) / sigma:.1f} combined standard errors "
+                 f"({sigma:.3f})")
+        if self.disagree:
+            return (f"estimators DISAGREE: {apart} > {DISAGREE_SIGMAS:g}: the samples are not "
+                    "Boltzmann at one temperature")
+        return f"estimators agree: {apart} <= {DISAGREE_SIGMAS:g}"
 
     def report(self) -> str:
-        """Human-readable lines for `dvae-q calibrate`."""
+        """Human-readable lines for `dvae-q calibrate`, numbers with fixed decimals."""
         fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-        lines = [
-            f"beta_eff: {self.beta_eff:.4g} ± {self.stderr:.2g} (bootstrap std)",
-            f"beta of samples against the model: {self.beta_model:.4g} (target 1 after calibration)",
+        primary = self.mpl if self.estimator != "energy" else self.energy
+        lines = [f"beta_eff: {primary.describe()}"]
+        if self.estimator == "both":
+            lines += [f"beta_eff by energy matching: {self.energy.describe()}", self._agreement()]
+        loops = "; ".join(f"{m.estimator} {m.iterations} "
+                          f"({'converged' if m.converged else 'not converged'})"
+                          for m in (self.mpl, self.energy) if m is not None)
+        lines += [
+            f"beta of samples against the model: {self.beta_model:.4f} (target 1 after calibration)",
             f"chain-break fraction: {fmt(self.chain_break_fraction, '.4f')}",
             f"QPU access time per call of {self.num_samples} samples (reported by the solver): "
             f"{fmt(self.qpu_access_time_us, ',.0f')} µs",
             f"QPU access time per call of {self.num_samples} samples (Ocean timing model): "
             f"{fmt(self.estimated_qpu_access_time_us, ',.0f')} µs",
-            f"iterations: {self.iterations}; beta_eff history: "
-            + ", ".join(f"{b:.4g}" for b in self.history),
+            f"iterations: {loops}; beta_eff history: " + ", ".join(f"{b:.3f}" for b in self.history),
         ]
         return "\n".join(lines)
 
@@ -215,45 +283,123 @@ class CalibrationResult:
         return self.report()
 
 
-def calibrate(sampler, model: BipartiteModel, num_samples: int = 1000, *,
-              max_iterations: int = 5, num_bootstrap: int = 100, seed: int | None = 0
-              ) -> CalibrationResult:
-    """Measure β_eff at `model` (e.g. the current prior) and update the sampler's scaling.
+def spawn_seeds(seed: int | None, count: int) -> list[int | None]:
+    """`count` independent integer seeds derived from `seed` (None stays None: OS entropy)."""
+    if seed is None:
+        return [None] * count
+    return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(count)]
 
-    A sampler with a β_eff scaling (the QPU backend: `beta_eff` and `measure_beta_eff`) is
-    sampled, its β_eff re-estimated against the problem it programmed, and the loop repeats until
-    the samples' β against the model agrees with model.beta within 2 bootstrap standard errors
-    (or `max_iterations`). Any other sampler is measured once: β_eff is then β̂ of its samples
-    against the model's energy (model.beta for an exact sampler).
-    """
+
+def check_calibration_settings(num_samples, estimator: str = "mpl", num_bootstrap: int = 100,
+                               max_iterations: int = 5) -> None:
+    """Raise CalibrationSettingError for settings that cannot give a meaningful error bar."""
+    if estimator not in ESTIMATORS:
+        raise CalibrationSettingError(
+            f"calibrate: unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
+            or num_samples < MIN_SAMPLES:
+        raise CalibrationSettingError(
+            f"calibrate: too few samples per call for an error bar ({num_samples!r}); "
+            f"use at least {MIN_SAMPLES} (num_samples, --num-reads)")
+    if estimator != "energy" and num_bootstrap < MIN_BOOTSTRAP:
+        raise CalibrationSettingError(
+            f"calibrate: too few bootstrap replicates for an error bar ({num_bootstrap!r}); "
+            f"use at least {MIN_BOOTSTRAP}")
+    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) \
+            or max_iterations < 1:
+        raise CalibrationSettingError(f"calibrate: max_iterations must be >= 1, got {max_iterations!r}")
+
+
+def _mpl_loop(sampler, model, num_samples, max_iterations, num_bootstrap, seed, history):
+    """Pseudo-likelihood loop: β_eff ← β̂ of the samples against the programmed problem, until
+    the samples' β against the model is model.beta within 2 bootstrap errors."""
     scalable = isinstance(sampler, TemperatureScaled)
-    history = [float(sampler.beta_eff)] if scalable else []
     for it in range(1, max_iterations + 1):
         z, info = sampler.draw(model, num_samples)
         at_model = estimate_beta(model, z, num_bootstrap=num_bootstrap, seed=seed,
                                  beta_guess=max(model.beta, 1e-3))
         if not scalable:
-            beta_eff, stderr = at_model.beta, at_model.stderr
-            break
+            return Measurement("mpl", at_model.beta, at_model.stderr, at_model.beta, it, True), info
         measured = sampler.measure_beta_eff(num_bootstrap=num_bootstrap, seed=seed)
-        beta_eff, stderr = measured.beta, measured.stderr
         converged = abs(at_model.beta - model.beta) <= 2 * at_model.stderr
+        sampler.set_beta_eff(measured.beta)
+        history.append(measured.beta)
+        if converged:
+            break
+    return Measurement("mpl", measured.beta, measured.stderr, at_model.beta, it, converged), info
+
+
+def _energy_loop(sampler, model, num_samples, max_iterations, reference, history):
+    """Energy-matching loop: β_eff ← β_eff·β̂/β₀ with β̂ the energy-matched β of the samples (a
+    scaled sampler samples exp(−β_dev·β₀/β_eff·E), so β_dev = β_eff·β̂/β₀), until the samples'
+    mean energy is the reference's within ENERGY_GAP_SIGMAS combined standard errors."""
+    scalable = isinstance(sampler, TemperatureScaled)
+    for it in range(1, max_iterations + 1):
+        z, info = sampler.draw(model, num_samples)
+        match = match_energy(model, z, reference)
+        converged = not match.clipped and abs(match.gap) <= ENERGY_GAP_SIGMAS * match.gap_stderr
+        if not scalable:
+            return Measurement("energy", match.beta, match.stderr, match.beta, it,
+                               not match.clipped), info
+        ratio = sampler.beta_eff / reference.beta
+        beta_eff = ratio * match.beta
         sampler.set_beta_eff(beta_eff)
         history.append(beta_eff)
         if converged:
             break
+    return Measurement("energy", beta_eff, ratio * match.stderr, match.beta, it, converged), info
+
+
+def calibrate(sampler, model: BipartiteModel, num_samples: int = 1000, *,
+              estimator: str = "mpl", max_iterations: int = 5, num_bootstrap: int = 100,
+              seed: int | None = 0, reference=None) -> CalibrationResult:
+    """Measure β_eff at `model` (e.g. the current prior) and update the sampler's scaling.
+
+    `estimator`: "mpl" (pseudo-likelihood against the programmed problem, looped until the
+    samples' β against the model is model.beta within 2 bootstrap errors), "energy" (energy
+    matching against `reference`, looped until the mean energies agree within 2 combined
+    standard errors) or "both" (mpl, then energy from there; the sampler is left at the mpl value
+    and `disagree` says whether the two differ by more than DISAGREE_SIGMAS combined errors).
+    A sampler that is not `TemperatureScaled` is measured once per estimator. `reference`: an
+    `EnergyReference`, a `Sampler` to draw one with, or None (see `energy_reference`). `seed` fixes
+    the bootstrap and the reference. Raises CalibrationSettingError for meaningless settings.
+    """
+    check_calibration_settings(num_samples, estimator, num_bootstrap, max_iterations)
+    boot_seed, ref_seed = spawn_seeds(seed, 2)
+    scalable = isinstance(sampler, TemperatureScaled)
+    history = [float(sampler.beta_eff)] if scalable else []
+    runs = {}
+    if estimator in ("mpl", "both"):
+        runs["mpl"], info = _mpl_loop(sampler, model, num_samples, max_iterations, num_bootstrap,
+                                      boot_seed, history)
+    if estimator in ("energy", "both"):
+        if not isinstance(reference, EnergyReference):
+            reference = energy_reference(model, sampler=reference, seed=ref_seed)
+        runs["energy"], info = _energy_loop(sampler, model, num_samples, max_iterations,
+                                            reference, history)
+    primary = runs["energy" if estimator == "energy" else "mpl"]
+    if scalable and estimator == "both":
+        sampler.set_beta_eff(primary.beta_eff)
+        history.append(primary.beta_eff)
     return CalibrationResult(
-        beta_eff=float(beta_eff),
-        stderr=float(stderr),
-        beta_model=float(at_model.beta),
+        beta_eff=float(primary.beta_eff), stderr=float(primary.stderr),
+        beta_model=float(primary.beta_model),
         chain_break_fraction=info.get("chain_break_fraction"),
         qpu_access_time_us=info.get("qpu_access_time_us"),
         estimated_qpu_access_time_us=(sampler.estimated_access_time_us(model, num_samples)
                                       if scalable else None),
-        num_samples=num_samples,
-        iterations=it,
-        history=tuple(history),
+        num_samples=num_samples, iterations=sum(m.iterations for m in runs.values()),
+        history=tuple(history), estimator=estimator, mpl=runs.get("mpl"),
+        energy=runs.get("energy"), disagree=_disagree(runs),
     )
+
+
+def _disagree(runs: dict) -> bool | None:
+    if len(runs) < 2:
+        return None
+    mpl, energy = runs["mpl"], runs["energy"]
+    return abs(mpl.beta_eff - energy.beta_eff) > DISAGREE_SIGMAS * math.hypot(mpl.stderr,
+                                                                             energy.stderr)
 
 
 def random_native_model(topology, num_left=None, num_right=None, *, scale: float = 1.0,
@@ -271,20 +417,46 @@ def random_native_model(topology, num_left=None, num_right=None, *, scale: float
                           None if mask is None else mask.double())
 
 
+def _factory_takes_seed(spec) -> bool:
+    """Whether a "module:callable" child factory accepts `seed` (unresolvable specs are left to
+    the qpu sampler, which reports them)."""
+    module, sep, attr = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    try:
+        factory = getattr(importlib.import_module(module), attr) if sep else None
+        return factory is not None and "seed" in inspect.signature(factory).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False
+
+
 def calibrate_cli(topology, sampler: str = "qpu", num_reads: int = 1000, seed: int = 0,
-                  child_sampler=None, num_left=None, num_right=None) -> CalibrationResult:
+                  child_sampler=None, num_left=None, num_right=None, estimator: str = "mpl",
+                  num_bootstrap: int = 100, max_iterations: int = 5) -> CalibrationResult:
     """What `dvae-q calibrate` runs: calibrate `sampler` on a random native probe RBM of
-    `topology` (or a dense 16+16 one for embedded topologies); str() of the result is the report."""
+    `topology` (or a dense 16+16 one for embedded topologies); str() of the result is the report.
+
+    `seed` determines everything: independent streams for the probe RBM, the sampler, a child
+    factory that accepts `seed` (e.g. samplers.testing:thermal_mock), the bootstrap and the
+    energy reference, so the same seed prints the same report.
+    """
     import samplers
     import topologies
 
+    check_calibration_settings(num_reads, estimator, num_bootstrap, max_iterations)
     topo = topologies.load(topology)
+    model_seed, sampler_seed, child_seed, calibration_seed = spawn_seeds(seed, 4)
     declared = samplers.declared_options(sampler)
     options = {}
-    if "child_sampler" in declared and child_sampler is not None:
+    if child_sampler is not None:
+        if "child_sampler" not in declared:
+            raise CalibrationSettingError(
+                f"calibrate: sampler '{sampler}' takes no child sampler (only 'qpu' does)")
         options["child_sampler"] = child_sampler
+        if _factory_takes_seed(child_sampler):
+            options["child_kwargs"] = {"seed": child_seed}
     if "num_reads" in declared:
         options["num_reads"] = num_reads
-    smp = samplers.get(sampler, run={"seed": seed, "topology": topology}, **options)
-    model = random_native_model(topo, num_left, num_right, seed=seed)
-    return calibrate(smp, model, num_samples=num_reads, seed=seed)
+    smp = samplers.get(sampler, run={"seed": sampler_seed, "topology": topology}, **options)
+    model = random_native_model(topo, num_left, num_right, seed=model_seed)
+    return calibrate(smp, model, num_samples=num_reads, estimator=estimator,
+                     num_bootstrap=num_bootstrap, max_iterations=max_iterations,
+                     seed=calibration_seed)

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import warnings
 from functools import partial
 
 import numpy as np
@@ -294,3 +295,47 @@ def test_checkout_sibling_data_is_the_last_resort(tmp_path, monkeypatch):
     # an explicit folder is used alone
     with pytest.raises(data.DataError):
         data.find_source("binarized_mnist", tmp_path / "elsewhere")
+
+
+def test_batches_and_to_tensor_give_torch_its_own_memory(data_dir):
+    stored = data.load_binarized("binarized_mnist", "valid", data_dir)[:40]
+    assert not stored.flags.writeable  # the shared arrays are read-only...
+    with pytest.warns(UserWarning, match="not writable"):
+        torch.as_tensor(stored, dtype=torch.float32)  # ...which torch.as_tensor warns about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = data.to_tensor(stored)
+        batch = next(data.BatchIterator(stored, 40, seed=0, dynamic_binarization=False))
+    assert x.dtype == torch.float32 and torch.equal(x, torch.tensor(stored.astype(np.float32)))
+    assert torch.equal(batch, x)  # the first epoch is in stored order
+    x[0, 0] = 7.0  # torch's copy, not a view of the stored array
+    assert stored[0, 0] in (0, 1)
+
+
+def test_fetch_reports_bytes_through_progress(loopback_server, tmp_path):
+    root, url = loopback_server
+    images = {s: _fixture_images(4 + i, i) for i, s in enumerate(data.SPLITS)}
+    for split, x in images.items():
+        _write_amat(root / f"binarized_mnist_{split}.amat", x)
+    hashes = {s: sha(x) for s, x in images.items()}
+    sizes = [(root / f"binarized_mnist_{s}.amat").stat().st_size for s in data.SPLITS]
+
+    class Recorder:
+        def __init__(self):
+            self.n, self.totals, self.files = 0, [], []
+
+        def set_total(self, total):
+            self.totals.append(total)
+
+        def update(self, n=1):
+            self.n += n
+
+        def set_postfix(self, **values):
+            self.files.append(values["file"])
+
+    seen = Recorder()
+    fetch("binarized_mnist", data_dir=tmp_path / "s", base_url=url, expected_hashes=hashes,
+          progress=seen)
+    assert seen.n == sum(sizes)  # every byte counted once
+    assert seen.totals == [sizes[0], sizes[0] + sizes[1], sum(sizes)]  # grows as servers announce
+    assert seen.files == [f"binarized_mnist_{s}.amat" for s in data.SPLITS]

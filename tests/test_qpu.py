@@ -11,7 +11,7 @@ from dwave.system.testing import MockDWaveSampler
 
 import samplers
 import topologies
-from samplers.qpu import QPUConfigError, QPUError, QPURangeError
+from samplers.qpu import PendingDraw, QPUConfigError, QPUError, QPURangeError
 from samplers.temperature import calibrate, random_native_model
 from samplers.testing import thermal_mock
 
@@ -79,7 +79,7 @@ def test_info_records_timing_chain_breaks_and_calls():
     assert z.shape == (250, 12)
     assert info["num_qpu_calls"] == 3 and info["retries"] == 0
     assert info["beta_eff"] == 4.0 and info["chain_break_fraction"] == 0.0
-    # the mock's fixed fake timing (ocean_notes §9): 8550.28 µs of access per QPU call
+    # MockDWaveSampler reports a fixed fake timing: 8550.28 µs of access per QPU call
     assert info["qpu_access_time_us"] == pytest.approx(3 * 8550.28)
     assert info["timing"]["qpu_access_time"] == info["qpu_access_time_us"]
     assert info["time_s"] > 0 and info["clipped_fraction"] == 0.0
@@ -273,11 +273,17 @@ def test_solver_parameters_reach_the_child():
             return super().sample(bqm, **kwargs)
 
     child = Recorder(topology_type="chimera", topology_shape=[4, 4, 4], parameter_warnings=False)
-    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, annealing_time=50)
+    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, annealing_time=50,
+                           tiles=1)
     sampler.sample(_native_model("chimera_c4", 3, 3), 7)
     assert seen["auto_scale"] is False and seen["answer_mode"] == "raw"
     assert seen["annealing_time"] == 50 and seen["num_reads"] == 100  # topology's num_reads
     assert seen["programming_thermalization"] == 1000  # topology default
+    # tiled: a 3+3 region fits once per Chimera cell (16 copies on C4), so the topology's 100
+    # samples per call take ⌈100/16⌉ = 7 reads
+    tiled = samplers.get("qpu", topology="chimera_c4", child_sampler=child)
+    info = tiled.draw(_native_model("chimera_c4", 3, 3), 7).info
+    assert info["tiles"] == 16 and seen["num_reads"] == 7 and info["num_samples_drawn"] == 112
 
 
 def test_dwave_sampler_is_built_once_on_first_sample(monkeypatch):
@@ -359,3 +365,323 @@ def test_topology_qpu_block_is_validated_by_the_sampler(tmp_path, block, match):
     assert "\n" not in str(err.value)
     with pytest.raises(BadInput, match=match):
         load_config("smoke", [f"topology={path}"])
+
+
+def test_range_guard_is_a_dimod_composite_that_records_each_call():
+    import dimod
+    import dimod.testing
+
+    from samplers.qpu import RangeGuardComposite
+
+    child = thermal_mock("chimera_c4", seed=0)
+    guard = RangeGuardComposite(child, "clip")
+    dimod.testing.assert_composite_api(guard)
+    dimod.testing.assert_sampler_api(guard)
+    dimod.testing.assert_structured_api(guard)
+    assert guard.children == [child] and guard.nodelist == child.nodelist
+    assert guard.parameters == child.parameters
+    assert guard.properties["child_properties"]["j_range"] == child.properties["j_range"]
+    u, v = child.edgelist[0]
+    inside = dimod.BQM({u: 0.5}, {(u, v): -0.5}, 0.0, "SPIN")
+    outside = dimod.BQM({u: 9.0}, {(u, v): -3.0}, 0.0, "SPIN")
+    first = guard.sample(outside, num_reads=5)
+    second = guard.sample(inside, num_reads=5)
+    # each answer says what its own call programmed, whatever ran in between
+    assert first.info["clipped_fraction"] == pytest.approx(2 / 3) and second.info["clipped_fraction"] == 0.0
+    assert first.info["programmed_bqm"].linear[u] == 4.0
+    assert first.info["programmed_bqm"].quadratic[(u, v)] == -1.0
+    assert second.info["programmed_bqm"] == inside
+    with pytest.raises(QPURangeError, match="outside h_range"):
+        RangeGuardComposite(child).sample(outside, num_reads=1)
+
+
+def test_close_reaches_the_child_and_the_protocol_is_declared():
+    closed = []
+
+    class Closing(MockDWaveSampler):
+        def close(self):
+            closed.append(True)
+
+    child = Closing(topology_type="chimera", topology_shape=[4, 4, 4], parameter_warnings=False)
+    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, seed=0)
+    assert isinstance(sampler, samplers.TemperatureScaled)
+    assert samplers.TemperatureScaled in type(sampler).__mro__  # declared, not just duck-typed
+    sampler.sample(_native_model("chimera_c4", 3, 3), 5)
+    sampler.close()
+    assert closed == [True]
+
+
+# ---- tiles: disjoint copies of the RBM per call ------------------------------------------------
+
+def _tv_bound(p, n, delta):
+    """A bound on the TV distance between the empirical distribution of n iid samples and p that
+    fails with probability <= delta: E[TV] <= ½ Σ sqrt(p(1−p)/n) (Cauchy–Schwarz per state), and
+    TV moves by <= 1/n when one sample changes, so McDiarmid adds sqrt(ln(1/δ)/(2n))."""
+    return (0.5 * torch.sqrt(p * (1 - p) / n).sum()).item() + math.sqrt(math.log(1 / delta) / (2 * n))
+
+
+@pytest.mark.parametrize("topology,tiles", [("chimera_c4", 5), ("pegasus_p4", 11), ("zephyr_z2", 8),
+                                            ("zephyr_z2_embedded", 5)])
+def test_every_tile_samples_the_exact_distribution(topology, tiles):
+    # a 5+5 RBM (1024 states) on the native region, or dense with chains on an embedded topology;
+    # the thermal mock's β equals beta_eff, so every copy should sample exp(−E) exactly
+    topo = topologies.load(topology)
+    model = _native_model(topology, 5, 5, seed=1) if topo.mode == "native" else \
+        random_native_model(topo, 5, 5, seed=1, scale=2.0)
+    sampler = _qpu(topology, beta_true=4.0, beta_eff=4.0, num_reads=10000)
+    reads = 4000
+    z, info = sampler.draw(model, reads * tiles)
+    # num_reads counts samples per call: ⌈10000 / tiles⌉ reads give >= 10000 samples
+    assert info["tiles"] == tiles and info["num_reads"] == info["num_qpu_calls"] * -(-10000 // tiles)
+    assert info["num_samples_drawn"] == tiles * info["num_reads"] >= reads * tiles
+    assert info["qubits_used"] == tiles * 10
+    assert info["qubits_available"] == len(topo.graph())
+    copies = sampler.tile_qubits(model)
+    assert len({q for c in copies for q in c}) == tiles * 10  # disjoint
+    states, p = _exact_distribution(model)
+    # a union bound over the tiles keeps the chance of any false failure below 1e-4
+    bound = _tv_bound(p, reads, 1e-4 / tiles)
+    per_tile = z.reshape(reads, tiles, 10)
+    for t in range(tiles):
+        assert 0.5 * (_empirical(states, per_tile[:, t]) - p).abs().sum().item() < bound
+    # sensitivity: the same samples are far from the model at another temperature
+    _, p_hot = _exact_distribution(model.with_beta(0.5))
+    assert 0.5 * (_empirical(states, per_tile[:, 0]) - p_hot).abs().sum().item() > 1.5 * bound
+
+
+def test_tiles_are_independent():
+    # a 2+1 RBM fits 16 times on C4. The pair of copies (t, t') in one read should be distributed
+    # as p ⊗ p (64 joint states): the joint's TV to p ⊗ p measures any dependence between copies
+    # (and any error of the copies themselves), with the same iid bound, union over all 120 pairs
+    model = _native_model("chimera_c4", 2, 1, seed=3, scale=1.5)
+    sampler = _qpu("chimera_c4", beta_true=4.0, beta_eff=4.0, num_reads=10000)
+    reads = 8000
+    z, info = sampler.draw(model, reads * 16)
+    assert info["tiles"] == 16
+    codes = (z.reshape(reads, 16, 3).double() @ torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)).long()
+    _, p = _exact_distribution(model)
+    pp = (p[:, None] * p[None, :]).reshape(-1)
+    bound = _tv_bound(pp, reads, 1e-4 / 120)
+
+    def joint_tv(a, b):
+        counts = torch.bincount(a * 8 + b, minlength=64).double()
+        return 0.5 * (counts / counts.sum() - pp).abs().sum().item()
+
+    worst = max(joint_tv(codes[:, s], codes[:, t]) for s in range(16) for t in range(s + 1, 16))
+    assert worst < bound
+    # sensitivity: fully dependent copies (a copy paired with itself) are far outside the bound
+    assert joint_tv(codes[:, 0], codes[:, 0]) > 3 * bound
+
+
+def test_a_broken_qubit_or_coupler_removes_exactly_the_copies_that_use_it():
+    model = _native_model("chimera_c4", 5, 5)
+    perfect = _qpu("chimera_c4").tile_qubits(model)
+    assert len(perfect) == 5
+    _, _, mask = topologies.load("chimera_c4").native_rbm(5, 5)
+    i, j = map(int, np.argwhere(mask.numpy())[0])
+
+    def layout(**broken):
+        child = thermal_mock("chimera_c4", seed=0, **broken)
+        return samplers.get("qpu", topology="chimera_c4", child_sampler=child).tile_qubits(model)
+
+    assert layout(broken_nodes=[perfect[3][7]]) == perfect[:3] + perfect[4:]
+    # the coupler carrying W[i, j] in copy 2
+    assert layout(broken_edges=[(perfect[2][i], perfect[2][5 + j])]) == perfect[:2] + perfect[3:]
+    # a coupler no copy programs (outside the mask, or joining two copies) removes nothing
+    graph = topologies.load("chimera_c4").graph()
+    used = {frozenset((c[a], c[5 + b])) for c in perfect for a, b in np.argwhere(mask.numpy())}
+    spare = next(e for e in graph.edges if frozenset(e) not in used)
+    assert layout(broken_edges=[spare]) == perfect
+    # copy 0 is the prior's own region: losing it is an error, never a silent move
+    with pytest.raises(QPUConfigError, match="dead qubit"):
+        layout(broken_nodes=[perfect[0][0]])
+
+
+def test_tiles_option():
+    model = _native_model("chimera_c4", 5, 5)
+    assert _qpu(tiles=2).draw(model, 10).info["tiles"] == 2
+    assert _qpu(tiles=2).tile_qubits(model) == _qpu().tile_qubits(model)[:2]
+    with pytest.raises(QPUConfigError, match="tiles': 9 copies .* only 5 fit"):
+        _qpu(tiles=9).sample(model, 10)
+    for bad in (0, "all", 1.5):
+        with pytest.raises(samplers.SamplerOptionError, match="tiles"):
+            _qpu(tiles=bad)
+
+
+def test_embedded_copies_are_valid_disjoint_embeddings():
+    import networkx as nx
+    from dwave.embedding import is_valid_embedding
+
+    topo = topologies.load("zephyr_z2_embedded")
+    model = random_native_model(topo, 12, 12, seed=0)
+    sampler = _qpu("zephyr_z2_embedded", beta_eff=4.0, num_reads=50, range_policy="clip")
+    z, info = sampler.draw(model, 100)
+    assert z.shape == (100, 24) and info["tiles"] == 2 and info["num_reads"] == 50
+    chains = topologies.load("zephyr_z2_embedded").embedding(12, 12)
+    copies = sampler.tile_qubits(model)
+    assert copies[0] == [q for u in sorted(chains) for q in chains[u]]
+    assert not set(copies[0]) & set(copies[1])
+    sizes = [len(chains[u]) for u in sorted(chains)]
+    second = dict(zip(sorted(chains), np.split(np.array(copies[1]), np.cumsum(sizes)[:-1])))
+    assert is_valid_embedding(second, nx.complete_bipartite_graph(12, 12), topo.graph())
+
+
+# ---- calls in flight and submitted draws -------------------------------------------------------
+
+def _remote(latency_s=0.0, **options):
+    from samplers.testing import latency_mock
+
+    child = latency_mock("chimera_c4", latency_s=latency_s, beta=4.0, num_sweeps=50, seed=0)
+    options = {"beta_eff": 4.0, "tiles": 1, "num_reads": 10, "seed": 0, **options}
+    return child, samplers.get("qpu", topology="chimera_c4", child_sampler=child, **options)
+
+
+def test_calls_of_a_draw_are_all_submitted_before_any_is_resolved():
+    model = _native_model("chimera_c4", 4, 4)
+    child, sampler = _remote()
+    pending = sampler.submit(model, 40)
+    # structural, not timed: four calls submitted, none of their answers collected yet
+    assert child.submitted == 4 and child.in_flight == 4 and sampler.in_flight == 4
+    z, info = pending.result()
+    assert z.shape == (40, 8) and info["num_qpu_calls"] == 4
+    assert child.in_flight == 0 and sampler.in_flight == 0 and child.max_in_flight == 4
+    # the bound: with max_in_flight 2 the third call waits for the first answer
+    child, sampler = _remote(max_in_flight=2)
+    pending = sampler.submit(model, 40)
+    assert child.submitted == 4 and child.in_flight == 2 and child.max_in_flight == 2
+    pending.result()
+    child, sampler = _remote(max_in_flight=3)
+    assert sampler.draw(model, 60).info["num_qpu_calls"] == 6 and child.max_in_flight == 3
+
+
+def test_submitted_draws_match_draws_and_complete_in_submission_order():
+    model = _native_model("chimera_c4", 4, 4)
+    _, plain = _remote()
+    expected = [plain.draw(model, 30).samples for _ in range(2)]
+    child, sampler = _remote(latency_s=0.01)
+    first, second = sampler.submit(model, 30), sampler.submit(model, 30)
+    assert child.submitted == 6 and child.in_flight == 4  # the bound holds across draws
+    later = second.result()   # completes `first` before it
+    assert first.done() and sampler.calls == 2
+    assert torch.equal(first.result().samples, expected[0]) and torch.equal(later.samples, expected[1])
+    assert sampler.state_dict() == plain.state_dict()
+
+
+def test_state_changes_of_submitted_draws_are_deterministic_and_resumable():
+    model = _native_model("chimera_c4", 8, 8, seed=2)
+
+    def run():
+        child, sampler = _remote(num_reads=300, beta_eff=6.0, recalibrate_every=1)
+        a = sampler.submit(model, 300)
+        before = sampler.state_dict()   # a checkpoint taken now holds no trace of `a`
+        b = sampler.submit(model, 300)
+        return before, b.result(), a.result(), sampler.state_dict()
+
+    before, b, a, after = run()
+    assert before["calls"] == 0 and before["beta_eff_history"] == [6.0]
+    # both were programmed at submission with β_eff = 6; each recalibrated when it completed,
+    # `a` first: the history holds 6, then a's estimate, then b's
+    assert a.info["beta_eff"] == b.info["beta_eff"] == 6.0
+    assert a.info["recalibrated"] and b.info["recalibrated"]
+    assert after["calls"] == 2 and after["beta_eff_history"] == [
+        6.0, a.info["beta_eff_measured"], b.info["beta_eff_measured"]]
+    again = run()
+    assert torch.equal(again[1].samples, b.samples) and again[3] == after
+
+
+class ResolveFails:
+    """A structured child whose first `failures` answers fail when resolved (as a cloud future
+    does), not when submitted."""
+
+    def __init__(self, child, error, failures):
+        self.child, self.error, self.failures = child, error, failures
+
+    def __getattr__(self, name):
+        return getattr(self.child, name)
+
+    def sample(self, bqm, **kwargs):
+        import concurrent.futures
+
+        import dimod
+
+        future = concurrent.futures.Future()
+        if self.failures > 0:
+            self.failures -= 1
+            future.set_exception(self.error)
+        else:
+            future.set_result(self.child.sample(bqm, **kwargs))
+        return dimod.SampleSet.from_future(future)
+
+
+def test_failures_at_resolution_are_retried_or_raised_by_their_own_draw():
+    from dwave.cloud.exceptions import RequestTimeout, SolverFailureError
+
+    model = _native_model("chimera_c4", 4, 4)
+    child = ResolveFails(thermal_mock("chimera_c4", seed=0), RequestTimeout("timed out"), 2)
+    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, retry_backoff_s=0.0,
+                           max_retries=3, seed=0)
+    assert sampler.draw(model, 20).info["retries"] == 2
+    child = ResolveFails(thermal_mock("chimera_c4", seed=0), SolverFailureError("bad"), 1)
+    sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, seed=0, tiles=1,
+                           num_reads=10, recalibrate_every=1)
+    before = sampler.state_dict()
+    failing, fine = sampler.submit(model, 10), sampler.submit(model, 10)
+    assert fine.result().samples.shape == (10, 8)   # the failure stays with its own draw
+    with pytest.raises(QPUError, match="SolverFailureError"):
+        failing.result()
+    assert sampler.calls == 1 and sampler.in_flight == 0
+    assert sampler.state_dict()["beta_eff_history"][0] == before["beta_eff_history"][0]
+
+
+def test_submit_checks_its_request_before_submitting():
+    child, sampler = _remote()
+    with pytest.raises(ValueError, match="positive int"):
+        sampler.submit(_native_model("chimera_c4", 4, 4), 0)
+    with pytest.raises(TypeError, match="BipartiteModel"):
+        sampler.submit("model", 5)
+    assert child.submitted == 0
+    model = _native_model("chimera_c4", 4, 4)
+    pending = sampler.submit(model, 10, dtype=torch.float32)
+    assert isinstance(pending, PendingDraw) and pending.result().samples.dtype == torch.float32
+
+
+# ---- accounting and the timing model ----------------------------------------------------------
+
+def test_accounting_and_timing_model_count_the_calls_of_a_tiled_draw():
+    from samplers.qpu import estimate_access_time_us
+    from samplers.qpu.timing import project
+
+    model = _native_model("pegasus_p4", 5, 5)
+    sampler = _qpu("pegasus_p4", beta_eff=4.0, num_reads=100)
+    z, info = sampler.draw(model, 250)
+    # 11 copies: ⌈100/11⌉ = 10 reads give 110 samples per call; 250 samples take 3 calls
+    assert info["tiles"] == 11 and info["num_qpu_calls"] == 3 and info["num_reads"] == 30
+    assert info["num_samples_drawn"] == 330 and z.shape == (250, 10)
+    assert info["qubits_used"] == 110 and info["qubits_available"] == 264
+    assert info["qpu_access_time_us"] == pytest.approx(3 * 8550.28)  # the mock's fixed figure
+    params = {"annealing_time": 20, "programming_thermalization": 1000, "readout_thermalization": 0}
+    one_call = estimate_access_time_us("pegasus_p4", 110, 10, **params)
+    assert info["estimated_qpu_access_time_us"] == pytest.approx(3 * one_call)
+    assert sampler.estimated_access_time_us(model, 250) == pytest.approx(3 * one_call)
+    assert sampler.projected_access_time_s(model, 1000, 250) == pytest.approx(3000 * one_call / 1e6)
+    offline = project("pegasus_p4", 5, 5, 250, 1000, num_reads=100)
+    assert offline.tiles == 11 and offline.calls_per_step == 3 and offline.reads_per_step == 30
+    assert offline.total_s == pytest.approx(3000 * one_call / 1e6)
+    # untiled, the same 250 samples take 3 calls of 100 reads on 10 qubits
+    untiled = _qpu("pegasus_p4", beta_eff=4.0, num_reads=100, tiles=1)
+    assert untiled.estimated_access_time_us(model, 250) == pytest.approx(
+        3 * estimate_access_time_us("pegasus_p4", 10, 100, **params))
+    assert project("pegasus_p4", 5, 5, 250, tiles=1, num_reads=100).reads_per_step == 300
+
+
+def test_reads_dropped_by_discard_are_topped_up_with_more_calls():
+    # weak chains break often; 'discard' drops those reads, so the scheduled call comes short
+    topo = topologies.load("zephyr_z2_embedded")
+    model = random_native_model(topo, 12, 12, seed=0, scale=4.0)
+    sampler = _qpu("zephyr_z2_embedded", beta_eff=1.0, num_reads=100, chain_strength=1.0,
+                   chain_break_method="discard", range_policy="clip", tiles=1)
+    z, info = sampler.draw(model, 100)
+    assert z.shape == (100, 24) and info["num_qpu_calls"] > 1
+    assert info["num_reads"] == 100 * info["num_qpu_calls"]  # what the QPU spent
+    assert 100 <= info["num_samples_drawn"] < info["num_reads"]  # what survived 'discard'
+    assert info["chain_break_fraction"] == 0.0

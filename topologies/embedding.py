@@ -11,20 +11,10 @@ file is an error, never a silent re-embed.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from topologies.cache import cache_root, write_atomic
 from topologies.loader import Topology, TopologyError
-
-
-def cache_root(cache_dir=None) -> Path:
-    """Where embeddings are cached: `cache_dir`, $DVAEQ_CACHE_DIR, or the user cache folder."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("DVAEQ_CACHE_DIR"):
-        return Path(os.environ["DVAEQ_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dvae-q"
 
 
 def cache_path(topology: Topology, num_left: int, num_right: int, cache_dir=None) -> Path:
@@ -106,7 +96,6 @@ def cached_embedding(topology: Topology, num_left: int, num_right: int, cache_di
         return emb
     emb = compute(topology, num_left, num_right)
     validate(topology, emb, num_left, num_right, f"computed embedding for '{topology.name}'")
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "topology": topology.name,
         "family": topology.family,
@@ -115,7 +104,12 @@ def cached_embedding(topology: Topology, num_left: int, num_right: int, cache_di
         "num_right": num_right,
         "embedding": {str(k): list(v) for k, v in sorted(emb.items())},
     }
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(record))
+    except OSError as exc:
+        raise TopologyError(
+            f"cannot write the embedding cache {path} ({exc.strerror or type(exc).__name__}); "
+            "point DVAEQ_CACHE_DIR at a writable folder"
+        ) from None
     return emb

@@ -40,12 +40,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+
+from topologies import strict_yaml
 
 HERE = Path(__file__).resolve().parent
 FAMILIES = ("chimera", "pegasus", "zephyr")
 MODES = ("native", "embedded", "dense")
 EMBEDDERS = ("biclique", "minorminer")
+MAX_SHAPE = 32
 TOP_KEYS = ("name", "description", "family", "shape", "mode", "embedder", "qpu",
             "broken_qubits", "broken_couplers")
 
@@ -64,6 +66,12 @@ def _check_shape(family: str, shape, where: str) -> tuple[int, ...]:
     if shape[0] < minimum or any(s < 1 for s in shape):
         raise TopologyError(
             f"{where}: shape {list(shape)} is impossible for {family} (m >= {minimum}, all sizes >= 1)"
+        )
+    if any(s > MAX_SHAPE for s in shape):
+        # the graph is built in memory: a shape like [100000] would take hours and all the RAM
+        raise TopologyError(
+            f"{where}: shape {list(shape)} is too large; sizes up to {MAX_SHAPE} are supported "
+            "(today's chips are at most 16)"
         )
     return tuple(shape)
 
@@ -127,12 +135,13 @@ class Topology:
         return cached_embedding(self, num_left, num_right, cache_dir)
 
     def mock_kwargs(self) -> dict:
-        """Keyword arguments that make a MockDWaveSampler of this hardware graph."""
+        """Keyword arguments that make a MockDWaveSampler of this hardware graph (broken
+        couplers as tuples: the mock drops an edge only if it finds it as a tuple)."""
         if self.family is None:
             raise TopologyError(f"topology '{self.name}' is dense; no QPU can sample it")
         return {"topology_type": self.family, "topology_shape": list(self.shape),
                 "broken_nodes": list(self.broken_qubits) or None,
-                "broken_edges": [list(e) for e in self.broken_couplers] or None}
+                "broken_edges": [tuple(e) for e in self.broken_couplers] or None}
 
 
 @lru_cache(maxsize=8)
@@ -252,11 +261,9 @@ def load(path_or_name) -> Topology:
     path = _resolve(path_or_name)
     where = f"topology file {path}"
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark is not None else ""
-        raise TopologyError(f"{where}: not valid YAML{line}") from None
+        data = strict_yaml.load_file(path, where)
+    except strict_yaml.YAMLFileError as exc:
+        raise TopologyError(str(exc)) from None
     if not isinstance(data, dict):
         raise TopologyError(f"{where}: expected a mapping of keys, got {type(data).__name__}")
     unknown = sorted(set(data) - set(TOP_KEYS))

@@ -1,0 +1,39 @@
+"""`qpu`: a D-Wave quantum annealer (or any structured dimod sampler) as a Boltzmann sampler.
+
+    sampler = samplers.get("qpu", topology="pegasus_p16")                   # real QPU, lazily
+    sampler = samplers.get("qpu", topology="chimera_c4",
+                           child_sampler="samplers.testing:thermal_mock",
+                           child_kwargs={"topology": "chimera_c4", "beta": 5.0})  # offline
+
+One job per module:
+* `client`: the child sampler (a `DWaveSampler` built on first use, or an injected one), API-token
+  redaction, which cloud errors are transient;
+* `range_guard`: `RangeGuardComposite`, the h/J range check (or clip) in front of the child;
+* `plan`: which qubits carry the model, and its Ising problem scaled by 1/β_eff, from arrays;
+* `tiling`: disjoint copies of the problem per call;
+* `calls`: QPU calls in flight and their retries;
+* `draws`: a draw's calls, and `PendingDraw` (`QPUSampler.submit`);
+* `timing`: the calls' schedule, solver-reported access time, and Ocean's timing model;
+* `sampler`: `QPUSampler` itself.
+
+API tokens never appear in messages, `info`, `state_dict` or `repr`.
+"""
+
+from samplers.qpu.client import redact
+from samplers.qpu.draws import PendingDraw
+from samplers.qpu.errors import QPUConfigError, QPUError, QPURangeError
+from samplers.qpu.range_guard import RangeGuardComposite
+from samplers.qpu.sampler import QPUSampler, topology_defaults
+from samplers.qpu.timing import estimate_access_time_us
+
+__all__ = [
+    "PendingDraw",
+    "QPUConfigError",
+    "QPUError",
+    "QPURangeError",
+    "QPUSampler",
+    "RangeGuardComposite",
+    "estimate_access_time_us",
+    "redact",
+    "topology_defaults",
+]
