@@ -2,9 +2,11 @@
 
 For dense 100+100 and 200+200 RBMs and a sparse hardware-like mask (a 200+200 native region of
 Chimera C16), measures:
-* gibbs: chain-sweeps per second at 1000 chains, against the bound set by this machine's dense
-  matmul GFLOP/s and elementwise random-number throughput (a sweep is two (C × n × n) matmuls,
-  C·(n_L + n_R) uniforms, sigmoids and comparisons);
+* gibbs: the 1000 chains × 40 sweeps negative phase before (torch.rand uniforms) and after (the
+  fast word stream of `samplers.uniforms`), against this machine's bound: two measured
+  (C × n × n) matmuls, C·(n_L + n_R) uniforms at the rate of the fastest random-bit source
+  measured here, and a sigmoid and a compare pass (see bench/negative_phase.py, which this
+  reuses); chain-sweeps per second are those of the sampler's own `sample()`;
 * neal: spin updates per second;
 * effective samples per second for every backend from the integrated autocorrelation time τ of
   the energy: gibbs from a long run of its chains; neal's reads are independent anneals (τ = 1
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 import samplers
+from negative_phase import negative_phase  # bench/ is on sys.path when run as a script
 
 
 def timed(fn, repeat=3):
@@ -35,26 +38,6 @@ def timed(fn, repeat=3):
         fn()
         best = min(best, time.perf_counter() - start)
     return best
-
-
-def machine_bound(n_left, n_right, chains=1000):
-    """Measured matmul GFLOP/s and RNG numbers/s, and the sweep time they imply."""
-    a = torch.rand(chains, n_left)
-    w = torch.rand(n_left, n_right)
-    t_mm = timed(lambda: [a @ w for _ in range(50)]) / 50
-    gflops = 2 * chains * n_left * n_right / t_mm / 1e9
-    gen = torch.Generator().manual_seed(0)
-    n = chains * (n_left + n_right)
-    t_rng = timed(lambda: [torch.rand(n, generator=gen) for _ in range(50)]) / 50
-    x = torch.rand(n)
-    t_elem = timed(lambda: [torch.sigmoid(x) < x for _ in range(50)]) / 50
-    sweep = 2 * t_mm + t_rng + t_elem  # two matmuls, uniforms, sigmoid + compare
-    return {
-        "matmul_gflops": gflops,
-        "rng_numbers_per_s": n / t_rng,
-        "sweep_time_bound_s": sweep,
-        "chain_sweeps_per_s_bound": chains / sweep,
-    }
 
 
 def integrated_autocorrelation_time(series: np.ndarray) -> float:
@@ -91,11 +74,9 @@ def model_for(kind, seed=0):
                                    torch.randn(n_r, generator=g) * 0.5, w, mask)
 
 
-def bench_gibbs(model, sweeps):
-    s = samplers.get("gibbs", num_chains=1000, sweeps=sweeps, seed=0)
-    s.sample(model, 1000)  # warm-up, chains burned in
-    t = timed(lambda: s.sample(model, 1000), repeat=3)
-    rate = 1000 * sweeps / t
+def bench_gibbs(model, sweeps, rounds):
+    out = negative_phase(model, 1000, sweeps, rounds)
+    rate = 1000 * sweeps / (out["sampler_sample_ms"] / 1e3)
     # energy trace of every chain over successive single sweeps, for τ
     trace_sampler = samplers.get("gibbs", num_chains=1000, sweeps=1, seed=1)
     trace_sampler.sample(model, 1000)
@@ -108,8 +89,9 @@ def bench_gibbs(model, sweeps):
         energies.append(model.energy(z).numpy())
     elapsed = time.perf_counter() - start
     tau = integrated_autocorrelation_time(np.stack(energies))
-    return {"chain_sweeps_per_s": rate, "energy_tau_sweeps": tau,
-            "effective_samples_per_s": 1000 * 400 / tau / elapsed}
+    out.update(chain_sweeps_per_s=rate, energy_tau_sweeps=tau,
+               effective_samples_per_s=1000 * 400 / tau / elapsed)
+    return out
 
 
 def bench_neal(model, sweeps, reads):
@@ -139,20 +121,20 @@ def main():
                        "threads": torch.get_num_threads()}, "models": {}}
     for kind in ("dense 100+100", "dense 200+200", "chimera-c16 native 200+200"):
         model = model_for(kind)
-        bound = machine_bound(model.num_left, model.num_right)
-        gibbs = bench_gibbs(model, sweeps * 5)
-        gibbs["fraction_of_bound"] = gibbs["chain_sweeps_per_s"] / bound["chain_sweeps_per_s_bound"]
+        gibbs = bench_gibbs(model, sweeps, 3 if args.quick else 7)
         row = {
-            "bound": bound,
             "gibbs": gibbs,
             "neal": bench_neal(model, sweeps, 200 if args.quick else 1000),
             "pa": bench_pa(model, 1000, sweeps),
             "exact": "not applicable: the smaller side has > 20 units",
         }
         out["models"][kind] = row
-        print(f"{kind}: gibbs {gibbs['chain_sweeps_per_s']:.3g} chain-sweeps/s "
-              f"({gibbs['fraction_of_bound']:.2f} of the bound {bound['chain_sweeps_per_s_bound']:.3g}; "
-              f"matmul {bound['matmul_gflops']:.1f} GFLOP/s, rng {bound['rng_numbers_per_s']:.3g}/s), "
+        fastest = gibbs["uniform16_per_s"][gibbs["fastest_source"]]
+        print(f"{kind}: gibbs 1000 x {sweeps}: before {gibbs['before_ms']:.1f} ms "
+              f"({gibbs['before_over_bound']:.2f} x bound), after {gibbs['after_ms']:.1f} ms "
+              f"({gibbs['after_over_bound']:.2f} x bound), sampler {gibbs['sampler_sample_ms']:.1f} ms "
+              f"({gibbs['chain_sweeps_per_s']:.3g} chain-sweeps/s), bound {gibbs['bound_ms']:.1f} ms "
+              f"(matmul {gibbs['matmul_gflops']:.0f} GFLOP/s, uniforms {fastest:.3g}/s), "
               f"τ_E {gibbs['energy_tau_sweeps']:.1f} sweeps, ESS/s {gibbs['effective_samples_per_s']:.3g} | "
               f"neal {row['neal']['spin_updates_per_s']:.3g} spin-updates/s, "
               f"ESS/s {row['neal']['effective_samples_per_s']:.3g} | "

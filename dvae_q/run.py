@@ -112,12 +112,10 @@ class Run:
         ais = scores.ais(self.model, num_temps=ais_temps, num_chains=ais_chains, generator=gen,
                          reporter=reporter)
         upper = None
-        if bracket:
-            prior = self.model.prior
+        if bracket:  # RAISE from the AIS end states resampled by their weights
             with (reporter.task("reverse AIS log Z", unit="temperatures") if reporter else NULL):
-                upper = logz.raise_log_z(prior.a_left.detach(), prior.a_right.detach(),
-                                         prior.weight().detach(), num_temps=ais_temps,
-                                         num_chains=ais_chains, generator=gen)
+                upper = logz.raise_log_z(self.model.prior.snapshot(), num_temps=ais_temps,
+                                         generator=gen, from_ais=ais)
         found = scores.nll(self.model, {split: x}, {split: iw_samples}, ais.log_z,
                            batch_size=cfg.eval_batch_size, sample_chunk=cfg.eval_sample_chunk,
                            generator=gen, reporter=reporter)

@@ -18,10 +18,8 @@ from dvae_q.progress import NULL, Reporter
 def ais(model, *, num_temps: int, num_chains: int, generator: torch.Generator,
         reporter: Reporter | None = None) -> logz.LogZEstimate:
     """AIS estimate of the prior's log Z: a stochastic lower bound."""
-    prior = model.prior
     with _task(reporter, "AIS log Z", "temperatures"):
-        return logz.ais_log_z(prior.a_left.detach(), prior.a_right.detach(),
-                              prior.weight().detach(), num_temps=num_temps,
+        return logz.ais_log_z(model.prior.snapshot(), num_temps=num_temps,
                               num_chains=num_chains, generator=generator)
 
 

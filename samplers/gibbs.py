@@ -6,6 +6,17 @@ Asking for fewer samples than chains returns the first `num_samples` chains; ask
 keeps sweeping and takes successive states every `thin` sweeps (successive states of a chain are
 correlated: that is honest MCMC output, not independent draws). Chains are reinitialised
 uniformly at random when the model's size changes.
+
+Randomness comes from `samplers.uniforms`: on the CPU a seeded SFC64 word stream split into
+16-bit uniforms (the fast path), on CUDA a torch.Generator on the device; chains and generator
+state stay on the sampler's device and the sweep loop never reads a device value back.
+
+The kernels are functions of flat tensors and a random source, so that benchmarks time them
+and `torch.compile` could see them:
+* `gibbs_sweeps`: block-Gibbs sweeps of (chains, n) states, or of (batch, chains, n) states of a
+  batch of models (W (batch, n_L, n_R), biases (batch, n));
+* `annealed_sweeps`: one sweep per inverse temperature of a schedule, accumulating the annealed
+  importance weights of the one-side marginal (AIS and reverse AIS in `dvae_q.logz`).
 """
 
 from __future__ import annotations
@@ -13,9 +24,23 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-from samplers.base import SEED, Option, Sampler, positive, seeded_generator
+from samplers.base import SEED, Option, Sampler, positive
 from samplers.model import BipartiteModel
+from samplers.uniforms import bernoulli_, fair_states, make_source, restore_source, source_state
+
+# annealing steps up to this size use the cancellation-free weight increment (see
+# `_log_marginal_step`); coarser steps (a schedule of < 65 temperatures) use plain softplus
+FINE_STEP = 1.0 / 64
+
+
+def _field(bias: torch.Tensor, z: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
+           scale: float = 1.0) -> torch.Tensor:
+    """out ← scale·bias + z @ (scale·w), for (chains, n) states or a (batch, chains, n) batch."""
+    if w.dim() == 2:
+        return torch.addmm(bias, z, w, beta=scale, alpha=scale, out=out)
+    return torch.baddbmm(bias.unsqueeze(-2), z, w, beta=scale, alpha=scale, out=out)
 
 
 def gibbs_sweeps(
@@ -26,16 +51,78 @@ def gibbs_sweeps(
     W: torch.Tensor,
     beta: float,
     sweeps: int,
-    generator: torch.Generator,
+    generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernel: `sweeps` block-Gibbs sweeps of (chains, n) states; flat tensors only."""
+    """The kernel: `sweeps` block-Gibbs sweeps (right | left, then left | right) at β.
+
+    States are (chains, n) 0/1 tensors in W's dtype, or (batch, chains, n) with W
+    (batch, n_L, n_R) and biases (batch, n). `generator` is a `samplers.uniforms` source (a
+    `WordStream`, a `torch.Generator`, or one per batch element). `z_right` is only read for its
+    shape: the first half-sweep overwrites it. Inputs are never modified; new tensors return.
+    """
+    if sweeps == 0:
+        return z_left, z_right
     bw, bl, br = beta * W, beta * a_left, beta * a_right
+    bwt = bw.transpose(-1, -2)
+    zl = torch.empty(z_left.shape, dtype=W.dtype, device=W.device)
+    zr = torch.empty(z_right.shape, dtype=W.dtype, device=W.device)
+    fl, fr = torch.empty_like(zl), torch.empty_like(zr)
+    source = z_left
     for _ in range(sweeps):
-        u = torch.rand(z_right.shape, generator=generator, device=W.device, dtype=W.dtype)
-        z_right = (u < torch.sigmoid(torch.addmm(br, z_left, bw))).to(W.dtype)
-        u = torch.rand(z_left.shape, generator=generator, device=W.device, dtype=W.dtype)
-        z_left = (u < torch.sigmoid(torch.addmm(bl, z_right, bw.T))).to(W.dtype)
-    return z_left, z_right
+        bernoulli_(_field(br, source, bw, fr).sigmoid_(), generator, zr)
+        bernoulli_(_field(bl, zr, bwt, fl).sigmoid_(), generator, zl)
+        source = zl
+    return zl, zr
+
+
+def _log_marginal_step(g: torch.Tensor, p1: torch.Tensor, b0: float, b1: float,
+                       buf: torch.Tensor) -> torch.Tensor:
+    """Σ_j softplus(b1·g_j) − softplus(b0·g_j) per row, in float64; p1 = σ(b1·g).
+
+    Small steps use softplus(y) − softplus(x) = −log1p(σ(y)·expm1(x − y)), which has no
+    cancellation: subtracting two float32 softplus values of size ~|g| leaves up to |g|·6e-8
+    per unit, which over hundreds of units and a thousand steps can reach 1e-2 nat, while this
+    form is exact to float32 rounding of the (small) increment itself. It stays accurate while
+    |(b1 − b0)·g| ≲ 14, i.e. |g| up to ~900 at the fine steps it is used for.
+    """
+    if abs(b1 - b0) <= FINE_STEP:
+        torch.mul(g, b0 - b1, out=buf).expm1_().mul_(p1).log1p_()
+        return -buf.sum(-1, dtype=torch.float64)
+    diff = F.softplus(b1 * g) - F.softplus(b0 * g)
+    return diff.sum(-1, dtype=torch.float64)
+
+
+def annealed_sweeps(
+    v: torch.Tensor,
+    a_v: torch.Tensor,
+    a_h: torch.Tensor,
+    W_vh: torch.Tensor,
+    betas: list[float],
+    generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Annealed importance sampling transitions on the v side, with h summed out.
+
+    log f_b(v) = b·a_vᵀv + Σ_j softplus(b·(a_h + vW)_j) is the unnormalised marginal of v at
+    inverse temperature b. For each consecutive (b0, b1) of `betas` (increasing for AIS,
+    decreasing for reverse AIS): log_w += log f_b1(v) − log f_b0(v) at the current v, then one
+    block-Gibbs sweep at b1 (h | v, then v | h), reusing the field a_h + vW for both.
+    Returns (v, h, log_w): final states of both sides and float64 log-weights per chain.
+    """
+    chains = v.shape[0]
+    v = v.clone()  # updated in place below; the caller's tensor is left alone
+    g = torch.empty(chains, a_h.shape[0], dtype=W_vh.dtype, device=W_vh.device)
+    p, buf, h = torch.empty_like(g), torch.empty_like(g), torch.zeros_like(g)
+    fv = torch.empty_like(v)
+    log_w = torch.zeros(chains, dtype=torch.float64, device=W_vh.device)
+    w_hv = W_vh.T
+    for b0, b1 in zip(betas[:-1], betas[1:]):
+        _field(a_h, v, W_vh, g)
+        torch.mul(g, b1, out=p).sigmoid_()
+        log_w += _log_marginal_step(g, p, b0, b1, buf)
+        log_w.add_((v @ a_v).to(torch.float64), alpha=b1 - b0)
+        bernoulli_(p, generator, h)
+        bernoulli_(_field(a_v, h, w_hv, fv, scale=b1).sigmoid_(), generator, v)
+    return v, h, log_w
 
 
 class GibbsSampler(Sampler):
@@ -52,7 +139,7 @@ class GibbsSampler(Sampler):
     def __init__(self, **options):
         super().__init__(**options)
         self._chains: torch.Tensor | None = None
-        self._generator: torch.Generator | None = None
+        self._generator = None  # a samplers.uniforms source, made on first use
 
     def _device(self, model: BipartiteModel) -> torch.device:
         dev = self.options["device"]
@@ -64,7 +151,7 @@ class GibbsSampler(Sampler):
 
     def _ensure(self, model: BipartiteModel, device: torch.device) -> None:
         if self._generator is None or self._generator.device.type != device.type:
-            self._generator = seeded_generator(device, self.options["seed"])
+            self._generator = make_source(device, self.options["seed"])
         c = self.options["num_chains"]
         if (
             self._chains is None
@@ -72,9 +159,7 @@ class GibbsSampler(Sampler):
             or self._chains.device != device
             or self._chains.dtype != model.dtype
         ):
-            self._chains = torch.randint(
-                0, 2, (c, model.num_units), generator=self._generator, device=device
-            ).to(model.dtype)
+            self._chains = fair_states(self._generator, (c, model.num_units), device, model.dtype)
 
     def _sample(self, model: BipartiteModel, num_samples: int) -> torch.Tensor:
         device = self._device(model)
@@ -96,7 +181,7 @@ class GibbsSampler(Sampler):
     def state_dict(self) -> dict:
         if self._chains is None:
             return {}
-        return {"chains": self._chains.cpu(), "generator": self._generator.get_state(),
+        return {"chains": self._chains.cpu(), "generator": source_state(self._generator),
                 "generator_device": self._generator.device.type}
 
     def load_state_dict(self, state: dict) -> None:
@@ -104,7 +189,5 @@ class GibbsSampler(Sampler):
             self._chains, self._generator = None, None
             return
         device = torch.device(self.options["device"] or state["generator_device"])
-        gen = torch.Generator(device=device)
-        gen.set_state(state["generator"])
-        self._generator = gen
+        self._generator = restore_source(state["generator"], device)
         self._chains = state["chains"].to(device)

@@ -10,6 +10,10 @@ effective population size (1/Σ ŵ² over normalised weights, smallest over the 
 `info['ess']`. Populations are fresh at every call (no persistence; the state is the generator);
 asking for more samples than particles runs independent populations, whose Z estimates are
 averaged (log-mean-exp) into `info['log_z']`.
+
+Randomness comes from `samplers.uniforms` (a fast seeded word stream on the CPU, a
+torch.Generator on CUDA); the annealing loop keeps its running log Z and ESS on the device and
+reads them back once per population.
 """
 
 from __future__ import annotations
@@ -18,17 +22,19 @@ import math
 
 import torch
 
-from samplers.base import SEED, Option, Sampler, positive, seeded_generator
+from samplers.base import SEED, Option, Sampler, positive
 from samplers.gibbs import gibbs_sweeps
 from samplers.model import BipartiteModel
+from samplers.uniforms import fair_states, make_source, restore_source, source_state, uniform
 
 
-def systematic_resample(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Indices of a systematic resample of normalised `weights` (one uniform offset)."""
+def systematic_resample(weights: torch.Tensor, generator) -> torch.Tensor:
+    """Indices of a systematic resample of normalised `weights` (one uniform offset);
+    `generator` is a `samplers.uniforms` source."""
     n = weights.shape[0]
     cdf = torch.cumsum(weights, 0)
     cdf[-1] = 1.0
-    u = (torch.rand(1, generator=generator, device=weights.device, dtype=weights.dtype)
+    u = (uniform(generator, 1, weights.device, weights.dtype)
          + torch.arange(n, device=weights.device, dtype=weights.dtype)) / n
     return torch.searchsorted(cdf, u).clamp_max(n - 1)
 
@@ -44,34 +50,35 @@ class PopulationAnnealingSampler(Sampler):
 
     def __init__(self, **options):
         super().__init__(**options)
-        self._generator: torch.Generator | None = None
+        self._generator = None  # a samplers.uniforms source, made on first use
 
-    def _gen(self, device: torch.device) -> torch.Generator:
+    def _gen(self, device: torch.device):
         if self._generator is None or self._generator.device.type != device.type:
-            self._generator = seeded_generator(device, self.options["seed"])
+            self._generator = make_source(device, self.options["seed"])
         return self._generator
 
     def anneal(self, model: BipartiteModel) -> tuple[torch.Tensor, float, float]:
         """One population: (final states, log Z estimate, smallest relative ESS)."""
         gen = self._gen(model.device)
         r, n_l = self.options["num_particles"], model.num_left
-        z = torch.randint(0, 2, (r, model.num_units), generator=gen, device=model.device)
-        z = z.to(model.dtype)
+        z = fair_states(gen, (r, model.num_units), model.device, model.dtype)
         zl, zr = z[:, :n_l], z[:, n_l:]
         betas = torch.linspace(0.0, float(model.beta), self.options["num_betas"] + 1)[1:]
-        log_z, min_ess, prev = model.num_units * math.log(2.0), 1.0, 0.0
+        log_z = torch.zeros((), dtype=torch.float64, device=model.device)
+        min_ess, prev = torch.ones((), dtype=torch.float64, device=model.device), 0.0
         for b in betas.tolist():
             energy = model.energy(torch.cat([zl, zr], 1))
             log_w = -(b - prev) * energy.double()
-            log_z += float(torch.logsumexp(log_w, 0) - math.log(r))
+            log_z += torch.logsumexp(log_w, 0) - math.log(r)
             w = torch.softmax(log_w, 0)
-            min_ess = min(min_ess, float(1.0 / (w * w).sum()) / r)
+            min_ess = torch.minimum(min_ess, 1.0 / (w * w).sum() / r)
             idx = systematic_resample(w, gen)
             zl, zr = zl[idx], zr[idx]
             zl, zr = gibbs_sweeps(zl, zr, model.a_left, model.a_right, model.W, b,
                                   self.options["sweeps_per_beta"], gen)
             prev = b
-        return torch.cat([zl, zr], 1), log_z, min_ess
+        log_z = model.num_units * math.log(2.0) + float(log_z)  # one read-back per population
+        return torch.cat([zl, zr], 1), log_z, float(min_ess)
 
     def _sample(self, model: BipartiteModel, num_samples: int) -> torch.Tensor:
         runs = [self.anneal(model) for _ in range(math.ceil(num_samples / self.options["num_particles"]))]
@@ -84,9 +91,8 @@ class PopulationAnnealingSampler(Sampler):
     def state_dict(self) -> dict:
         if self._generator is None:
             return {}
-        return {"generator": self._generator.get_state(), "device": self._generator.device.type}
+        return {"generator": source_state(self._generator), "device": self._generator.device.type}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
-            self._generator = torch.Generator(device=state["device"])
-            self._generator.set_state(state["generator"])
+            self._generator = restore_source(state["generator"], state["device"])

@@ -27,6 +27,7 @@ from samplers import BipartiteModel
 from samplers.service.core import SamplingService, ServiceSpec
 from samplers.service.errors import BadRequest, ServiceDependencyMissing
 from samplers.service.packed_gibbs import PackedGibbsSampler, draw_packed
+from samplers.uniforms import WordStream
 from samplers.service.wire import (
     decode_model,
     decode_samples,
@@ -127,7 +128,7 @@ def test_samples_and_states_round_trip_as_plain_data():
     state = {"inner": sampler.state_dict(), "history": [1.0, 2.5], "n": np.int64(3)}
     back = decode_tree(encode_tree(state))
     assert torch.equal(back["inner"]["chains"], state["inner"]["chains"])
-    assert torch.equal(back["inner"]["generator"], state["inner"]["generator"])
+    assert back["inner"]["generator"] == state["inner"]["generator"]  # the source's state
     assert back["history"] == [1.0, 2.5] and back["n"] == 3 and type(back["n"]) is int
     with pytest.raises(BadRequest, match="not plain data"):
         encode_tree({"hook": lambda: None})
@@ -152,13 +153,14 @@ def test_packing_is_invisible_to_each_session():
         assert torch.equal(z, want) and info["chain_sweeps"] == (4 + 2 * 2) * 50
 
     # the stream, rebuilt from the definition: initial chains, then per sweep one (chains, n_R)
-    # and one (chains, n_L) uniform draw; 120 samples of 50 chains = 4 sweeps + 2 x 2 thinning
-    gen = torch.Generator().manual_seed(10)
-    torch.randint(0, 2, (50, 12), generator=gen)
+    # and one (chains, n_L) draw of 16-bit uniforms from the session's own CPU source (the gibbs
+    # sampler's word stream); 120 samples of 50 chains = 4 sweeps + 2 x 2 thinning
+    stream = WordStream(10)
+    stream.words16(50 * 12)
     for _ in range(4 + 2 + 2):
-        torch.rand((50, 7), generator=gen, dtype=torch.float64)
-        torch.rand((50, 5), generator=gen, dtype=torch.float64)
-    assert torch.equal(members[0].generator.get_state(), gen.get_state())
+        stream.words16(50 * 7)
+        stream.words16(50 * 5)
+    assert members[0].generator.state_dict() == stream.state_dict()
 
 
 def test_packed_sampler_state_moves_to_and_from_gibbs():

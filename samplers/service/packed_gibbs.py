@@ -2,17 +2,18 @@
 
 `PackedGibbsSampler` has the `gibbs` sampler's options and semantics (persistent chains, `sweeps`
 per call, successive read-outs every `thin` sweeps, chains reinitialised when the model's size
-changes) and its state format (chains, generator state, generator device), so a checkpoint moves
+changes) and its state format (chains, random-source state, device), so a checkpoint moves
 between a packed and an unpacked service. `draw_packed` advances the chains of S such samplers,
-each under its own model, in one kernel: per half-sweep one `torch.baddbmm` over the stacked
-(S, chains, n) states and the stacked per-session β·W.
+each under its own model, in one call of the batched `samplers.gibbs.gibbs_sweeps`: per
+half-sweep one `torch.baddbmm` over the stacked (S, chains, n) states and the stacked β·W.
 
 What stays a session's own when it is packed (see docs/service.md):
 * its chains: rows of its own slice of the stacked tensors, updated from its own W, biases, β;
   a batched matrix product never mixes slices;
-* its random stream: every uniform it consumes comes from its own `torch.Generator`, one
-  (chains, n_R) draw then one (chains, n_L) draw per sweep, the calls, shapes and order of the
-  unpacked kernel, so its generator advances exactly as if it had run alone.
+* its random stream: every uniform it consumes comes from its own `samplers.uniforms` source
+  (the `gibbs` sampler's: a word stream on the CPU, a torch.Generator on CUDA), one (chains, n_R)
+  draw then one (chains, n_L) draw per sweep, the calls, shapes and order of the unpacked
+  kernel, so its source advances exactly as if it had run alone.
 Hence a session's samples do not depend on which sessions it was packed with (bit for bit on
 CPU, where each batch slice is its own product; a GPU may pick another GEMM kernel for another
 batch size). Against the unpacked `gibbs` backend only the rounding of the fields may differ
@@ -26,32 +27,10 @@ import math
 
 import torch
 
-from samplers.base import MEAN_ENERGY_SAMPLES, Sampler, seeded_generator
-from samplers.gibbs import GibbsSampler
+from samplers.base import MEAN_ENERGY_SAMPLES, Sampler
+from samplers.gibbs import GibbsSampler, gibbs_sweeps
 from samplers.model import BipartiteModel
-
-
-def _uniforms(like: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """Uniforms shaped like `like` (S, chains, n), slice s drawn from generators[s]."""
-    out = torch.empty_like(like)
-    for s, gen in enumerate(generators):
-        torch.rand(like.shape[1:], generator=gen, out=out[s])
-    return out
-
-
-def packed_gibbs_sweeps(z_left, z_right, b_left, b_right, bw, sweeps: int, generators):
-    """The kernel: `sweeps` block-Gibbs sweeps of S stacked chain sets.
-
-    z_left (S, C, n_L), z_right (S, C, n_R); b_left (S, 1, n_L) and b_right (S, 1, n_R) are
-    β·biases, bw (S, n_L, n_R) is β·W; generators[s] drives slice s.
-    """
-    bwt = bw.transpose(1, 2)
-    for _ in range(sweeps):
-        z_right = (_uniforms(z_right, generators)
-                   < torch.sigmoid(torch.baddbmm(b_right, z_left, bw))).to(bw.dtype)
-        z_left = (_uniforms(z_left, generators)
-                  < torch.sigmoid(torch.baddbmm(b_left, z_right, bwt))).to(bw.dtype)
-    return z_left, z_right
+from samplers.uniforms import fair_states, make_source, restore_source, source_state
 
 
 class PackedGibbsSampler(Sampler):
@@ -63,7 +42,7 @@ class PackedGibbsSampler(Sampler):
     def __init__(self, **options):
         super().__init__(**options)
         self.chains: torch.Tensor | None = None
-        self.generator: torch.Generator | None = None
+        self.generator = None  # a samplers.uniforms source, as the gibbs sampler's
 
     def device_for(self, model: BipartiteModel) -> torch.device:
         dev = self.options["device"]
@@ -75,12 +54,11 @@ class PackedGibbsSampler(Sampler):
         device = self.device_for(model)
         model = model.to(device=device)
         if self.generator is None or self.generator.device.type != device.type:
-            self.generator = seeded_generator(device, self.options["seed"])
+            self.generator = make_source(device, self.options["seed"])
         shape = (self.options["num_chains"], model.num_units)
         c = self.chains
         if c is None or c.shape != shape or c.device != device or c.dtype != model.dtype:
-            self.chains = torch.randint(0, 2, shape, generator=self.generator,
-                                        device=device).to(model.dtype)
+            self.chains = fair_states(self.generator, shape, device, model.dtype)
         return model
 
     def _sample(self, model: BipartiteModel, num_samples: int):
@@ -89,7 +67,7 @@ class PackedGibbsSampler(Sampler):
     def state_dict(self) -> dict:
         if self.chains is None:
             return {}
-        return {"chains": self.chains.cpu(), "generator": self.generator.get_state(),
+        return {"chains": self.chains.cpu(), "generator": source_state(self.generator),
                 "generator_device": self.generator.device.type}
 
     def load_state_dict(self, state: dict) -> None:
@@ -97,9 +75,7 @@ class PackedGibbsSampler(Sampler):
             self.chains, self.generator = None, None
             return
         device = torch.device(self.options["device"] or state["generator_device"])
-        gen = torch.Generator(device=device)
-        gen.set_state(state["generator"])
-        self.generator = gen
+        self.generator = restore_source(state["generator"], device)
         self.chains = state["chains"].to(device)
 
 
@@ -111,16 +87,16 @@ def draw_packed(members: list[PackedGibbsSampler], models: list[BipartiteModel],
     opts, n_l = members[0].options, models[0].num_left
     c = opts["num_chains"]
     stack = lambda f: torch.stack([f(m) for m in models])  # noqa: E731
-    bw = stack(lambda m: float(m.beta) * m.W)
-    b_left = stack(lambda m: float(m.beta) * m.a_left).unsqueeze(1)
-    b_right = stack(lambda m: float(m.beta) * m.a_right).unsqueeze(1)
+    # each session's β is folded into its parameters, so the kernel runs at β = 1
+    params = (stack(lambda m: float(m.beta) * m.a_left), stack(lambda m: float(m.beta) * m.a_right),
+              stack(lambda m: float(m.beta) * m.W), 1.0)
     chains = torch.stack([m.chains for m in members])
     zl, zr = chains[..., :n_l], chains[..., n_l:]
     gens = [m.generator for m in members]
-    zl, zr = packed_gibbs_sweeps(zl, zr, b_left, b_right, bw, opts["sweeps"], gens)
+    zl, zr = gibbs_sweeps(zl, zr, *params, opts["sweeps"], gens)
     reads = [torch.cat([zl, zr], 2)]
     for _ in range(math.ceil(num_samples / c) - 1):
-        zl, zr = packed_gibbs_sweeps(zl, zr, b_left, b_right, bw, opts["thin"], gens)
+        zl, zr = gibbs_sweeps(zl, zr, *params, opts["thin"], gens)
         reads.append(torch.cat([zl, zr], 2))
     sweeps = opts["sweeps"] + opts["thin"] * (len(reads) - 1)
     samples = torch.cat(reads, 1)[:, :num_samples]
