@@ -28,16 +28,17 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import yaml
 
 from dvae_q import paper_table
-from dvae_q.config import DATASETS, STRUCTURES, Config
 from dvae_q.errors import BadInput, RunFailure
 from dvae_q.methods import METHODS
 from dvae_q.progress import NULL, Reporter, format_duration
-from dvae_q.rundir import RunDir
+
+if TYPE_CHECKING:  # config and run directories pull in torch: imported where they are used
+    from dvae_q.config import Config
 
 PAPER_STEPS = 1_000_000
 MANIFEST = "cells.json"
@@ -234,6 +235,8 @@ def plan(request: Request) -> list[Planned]:
 
 
 def _state(run_dir: Path, cfg: dict) -> str:
+    from dvae_q.rundir import RunDir
+
     rd = RunDir(run_dir)
     if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
         return "new"
@@ -333,21 +336,20 @@ def run_cell(spec: dict, tracker) -> dict:
     import torch
 
     from dvae_q import run as run_api
+    from dvae_q.rundir import RunDir
 
     torch.set_num_threads(spec["threads"])
     reporter = _TrackerReporter(tracker, spec["name"])
     reporter.send(force=True, host=socket.gethostname(), pid=os.getpid(), phase="set-up")
     path = Path(spec["run_dir"])
     rd = RunDir(path)
-    started = time.perf_counter()
     if rd.is_complete():  # finished by another invocation since this one planned
         return {"status": "skipped"}
     if rd.config_file.is_file():
         run = run_api.fit(run_dir=path, resume=True, reporter=reporter)
     else:
         run = run_api.fit({**spec["config"], **spec["hardware"]}, run_dir=path, reporter=reporter)
-    return {"status": "done", "results": run.results, "resumed_from": reporter.initial,
-            "host": socket.gethostname(), "task_wall_s": time.perf_counter() - started}
+    return {"status": "done", "results": run.results, "resumed_from": reporter.initial}
 
 
 class Tracker:
@@ -593,6 +595,8 @@ def reproduce(request: Request, hw: Hardware | None = None, *, reporter: Reporte
 
 
 def _request(args) -> Request:
+    from dvae_q.config import DATASETS, STRUCTURES
+
     selection_flags = (args.dataset, args.structure, args.method, args.k)
     if args.table == "poster":
         if any(selection_flags):
@@ -646,7 +650,7 @@ def _print_plan(planned: Sequence[Planned]) -> None:
 
 def _cmd(args) -> int:
     from dvae_q import reproduction_report
-    from dvae_q.cli import _reporter
+    from dvae_q.progress import configure_logging
 
     if args.report_only:
         print(f"report: {reproduction_report.write(Path(args.out))}")
@@ -663,7 +667,9 @@ def _cmd(args) -> int:
         _print_plan(plan(request))
         return 0
     hw = Hardware(args.address, args.num_cpus, args.num_gpus, args.cpus_per_cell)
-    outcomes, report = reproduce(request, hw, reporter=_reporter(args))
+    reporter = Reporter(quiet=args.quiet)  # a bar on a terminal, plain lines in a log
+    configure_logging(reporter)
+    outcomes, report = reproduce(request, hw, reporter=reporter)
     failed = [o for o in outcomes if o.status == "failed"]
     done = sum(o.status == "done" for o in outcomes)
     print(f"{len(outcomes)} cells: {done} trained, "
@@ -691,8 +697,8 @@ def add_command(subparsers) -> None:
     p.add_argument("--method", help="a method (see `dvae-q configs --keys`), a comma list, or all")
     p.add_argument("--k", help="training samples K, e.g. 1 or 1,5,25")
     p.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2")
-    p.add_argument("--config", help="base config for every cell (default: the shipped "
-                   "<dataset>/<structure>)")
+    p.add_argument("--config", help="base config for every cell; none: the shipped "
+                   "<dataset>/<structure>")
     p.add_argument("--steps", type=int, help="training steps of every cell")
     p.add_argument("--budget", type=float, help="fraction of the paper's 1M steps, e.g. 0.01")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -702,13 +708,13 @@ def add_command(subparsers) -> None:
                    "method=... (or k=...) in them picks which (repeatable)")
     p.add_argument("--out", required=True, help="output folder: one run directory per cell "
                    "and seed, the report")
-    p.add_argument("--address", help="Ray cluster (host:port or ray://host:port); default: a "
+    p.add_argument("--address", help="Ray cluster (host:port or ray://host:port); none: a "
                    "local instance for this command")
-    p.add_argument("--num-cpus", type=int, help="local instance: CPUs to use (default: all)")
-    p.add_argument("--num-gpus", type=int, help="GPUs: local instance size (default: all); 0: "
-                   "CPU only")
-    p.add_argument("--cpus-per-cell", type=int, help="CPUs (and torch threads) per cell "
-                   "(default: an equal share)")
+    p.add_argument("--num-cpus", type=int, help="local instance: CPUs to use; none: all")
+    p.add_argument("--num-gpus", type=int, help="GPUs: local instance size, none: all; 0: CPU "
+                   "only")
+    p.add_argument("--cpus-per-cell", type=int, help="CPUs (and torch threads) per cell; none: an "
+                   "equal share")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their state")
     p.add_argument("--report-only", action="store_true",
                    help="only (re)write the report from the run directories in --out")
