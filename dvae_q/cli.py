@@ -324,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parsers(commands)
     from dvae_q import service_cli
     service_cli.add_commands(commands)
+    from dvae_q import reproduce
+    reproduce.add_command(commands)
     return parser
 
 
