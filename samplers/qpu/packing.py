@@ -92,6 +92,8 @@ class Pack:
 
 def sample_counts(models: list, num_samples) -> list:
     """Samples wanted per model: one count for all, or one per model."""
+    if not models:
+        raise ValueError("draw_tiled needs at least one model")
     if isinstance(num_samples, (list, tuple)):
         if len(num_samples) != len(models):
             raise ValueError(f"draw_tiled: {len(num_samples)} sample counts for {len(models)} models")

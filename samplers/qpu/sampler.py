@@ -6,10 +6,11 @@ embedded mode `FixedEmbeddingComposite` with the topology's cached embedding (`p
 programs `tiles` disjoint copies of the model (`tiling`) and returns raw reads
 (`answer_mode='raw'`), one sample per copy per read; more samples than one call gives take
 several calls, scheduled by `timing`, submitted together and retried by `calls`, collected by
-`draws`. This module holds the options, the child and the sampler's state: the call counter, the
-problem last programmed, β_eff and its history, and the generator, changed only when a draw
-completes, in submission order. A permanent failure raises `QPUError` and leaves that state as
-before the draw.
+`draws`. `draw_tiled` shares the copies of one call out between several models (`packing`).
+This module holds the options, the child and the sampler's state: the call counter, the problem
+last programmed, β_eff and its history, and the generator, changed only when a draw completes,
+in submission order. A permanent failure raises `QPUError` and leaves that state as before the
+draw.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ of each J over inter-chain couplers are the same on every copy.
 
 Copies are packed greedily, nearest offsets first, starting with the problem itself (copy 0, the
 prior's own region or embedding). The layout depends only on the topology file; a solver lacking
-some qubit or coupler loses exactly the copies that use it (`on_solver`).
+some qubit or coupler loses exactly the copies that use it (`on_solver`). Regions of several
+sizes placed side by side in one call (`packing`) choose among all of a region's placements,
+overlapping or not (`native_candidates`).
 """
 
 from __future__ import annotations
