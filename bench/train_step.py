@@ -1,13 +1,24 @@
-"""Time per training step, broken down, for every structure at K = 1, 5, 25 (not a test).
+"""Time per training step, broken down, against its matmul bound, for every structure and K.
 
 Each step is the training loop's: negative phase (`gibbs`, 1000 chains × 40 sweeps), forward,
-backward, Adam step. The forward is split by timing the model's own pieces in place:
-encoder MLPs, relaxation sampling (rsample), mean field (the relaxed prior's log-density),
-decoder, and the rest (objective arithmetic); backward and the optimiser are timed whole.
-Prints a table, writes JSON, and projects the wall time of a full 1M-step run (training steps
-only; the 50 evaluations of the protocol come on top).
+backward, Adam step, for DVAE# power at batch 100. Two paths of the same model, stepped in
+alternation in one run so that they see the same machine load: `reference` (every encoder
+row computed in full) and `optimised` (the default: the first layer's data part computed once
+per data point, `DVAE(share_data_layer=True)`). The forward is split by timing the model's own
+pieces in place (encoder MLPs, relaxation sampling, relaxed prior density, decoder, the rest);
+backward and optimiser are timed whole.
 
-    python bench/train_step.py [--method dvaes_power] [--steps 8] [--out bench/results/train_step.json]
+The bound: the matrix products of one forward+backward are recorded (shapes, strides) and
+replayed back to back on random data inside the same loop, so the matmul rate is this
+machine's, for these very shapes, under the same load. FLOPs are counted by
+torch.utils.flop_counter.FlopCounterMode over one forward+backward (matrix-matrix products;
+matrix-vector products and elementwise work are not counted). ratio = step time / (matmul
+replay time + negative phase time), against the path's own products and against the
+reference path's (the model's arithmetic as written). The projection of a 1M-step cell counts training steps
+only (the protocol's 50 evaluations with AIS come on top).
+
+    python bench/train_step.py [--device cpu|cuda] [--structures ...] [--ks 1 5 25] [--steps 8]
+                               [--threads N]
 """
 
 from __future__ import annotations
@@ -20,6 +31,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 import samplers
 from dvae_q.methods import default_beta
@@ -28,91 +41,239 @@ from dvae_q.networks import STRUCTURES
 from dvae_q.schedule import torch_adam_eps
 
 FULL_RUN_STEPS = 1_000_000
+PATHS = {"reference": False, "optimised": True}  # name → share_data_layer
+PIECES = ("encoder", "relaxation_sampling", "prior_density", "decoder")
+GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+         torch.ops.aten.baddbmm.default}
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued kernels, so that wall-clock intervals cover the work (CUDA is async)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class Timers:
-    def __init__(self):
+    """Accumulates the wall time of wrapped methods of one model instance."""
+
+    def __init__(self, device):
         self.total = defaultdict(float)
+        self.device = device
 
     def wrap(self, obj, name, label):
         original = getattr(obj, name)
 
         def timed(*args, **kwargs):
+            sync(self.device)
             start = time.perf_counter()
             out = original(*args, **kwargs)
+            sync(self.device)
             self.total[label] += time.perf_counter() - start
             return out
 
         setattr(obj, name, timed)
 
 
-def measure(structure, k, method, steps, warmup=2):
+class GemmRecorder(TorchDispatchMode):
+    """Records every matrix product that runs inside it: the op and its arguments' layouts."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in GEMMS:
+            layout = [(tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a for a in args]
+            self.calls.append((func, layout, kwargs))
+        return func(*args, **kwargs)
+
+
+def replay_args(calls, device, dtype):
+    """Random operands laid out as recorded, made before timing; one buffer per distinct layout
+    (data values do not change a product's speed)."""
+    buffers, prepared = {}, []
+    for func, layout, kwargs in calls:
+        args = []
+        for a in layout:
+            if isinstance(a, tuple):
+                if a not in buffers:
+                    shape, stride = a
+                    span = 1 + sum((n - 1) * s for n, s in zip(shape, stride)) if all(shape) else 0
+                    buffers[a] = torch.randn(span, device=device, dtype=dtype).as_strided(shape, stride)
+                a = buffers[a]
+            args.append(a)
+        prepared.append((func, args, kwargs))
+    return prepared
+
+
+def replay(prepared) -> None:
+    """Run the recorded products once, back to back."""
+    for func, args, kwargs in prepared:
+        func(*args, **kwargs)
+
+
+def build(structure, k, method, device, share):
+    """One path: model (same init for every path), optimiser, sampler, data, generator."""
     torch.manual_seed(0)
-    x_mean = torch.full((784,), 0.13)
-    model = DVAE(structure, method, beta=default_beta("binarized_mnist", structure, method),
-                 x_mean=x_mean)
+    beta = default_beta("binarized_mnist", structure, method)
+    model = DVAE(structure, method, beta=beta, x_mean=torch.full((784,), 0.13),
+                 share_data_layer=share).to(device)
     opt = torch.optim.Adam(parameter_groups(model, 1e-4), lr=3e-4, eps=torch_adam_eps(1e-3, 1))
     sampler = samplers.get("gibbs", num_chains=1000, sweeps=40, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.rand(100, 784, generator=gen) < 0.13).float()
-    timers = Timers()
-    timers.wrap(model.encoder, "group_output", "encoder")
-    if model.relaxation is not None:
-        timers.wrap(model.relaxation, "rsample", "relaxation_sampling")
-    timers.wrap(model.prior, "mean_field_log_prob", "mean_field")
-    timers.wrap(model.prior, "gaussian_integral_log_prob", "mean_field")
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = (torch.rand(100, 784, generator=torch.Generator().manual_seed(0)) < 0.13).float().to(device)
+    timers = Timers(device)
+    for name in ("group_output", "group_output_shared"):
+        timers.wrap(model.encoder, name, "encoder")
+    timers.wrap(model.relaxation, "rsample", "relaxation_sampling")
+    timers.wrap(model.prior, "relaxed_log_prob", "prior_density")
     timers.wrap(model, "decode", "decoder")
-    phases = defaultdict(float)
-    for step in range(warmup + steps):
-        if step == warmup:
-            timers.total.clear()
-            phases.clear()
-        t0 = time.perf_counter()
-        neg = sampler.sample(model.prior.snapshot(), 1000)
-        t1 = time.perf_counter()
-        out = model(x, neg, k=k, kappa=0.5, generator=gen)
-        t2 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        t3 = time.perf_counter()
-        opt.step()
-        t4 = time.perf_counter()
-        phases["negative_phase_sampling"] += t1 - t0
-        phases["forward"] += t2 - t1
-        phases["backward"] += t3 - t2
-        phases["optimiser"] += t4 - t3
-    per = {key: v / steps for key, v in {**phases, **timers.total}.items()}
-    per["forward_other"] = per["forward"] - sum(
-        per.get(key, 0.0) for key in ("encoder", "relaxation_sampling", "mean_field", "decoder"))
-    per["total"] = sum(per[key] for key in ("negative_phase_sampling", "forward", "backward", "optimiser"))
+    return dict(model=model, opt=opt, sampler=sampler, gen=gen, x=x, k=k, timers=timers,
+                phases=defaultdict(float), device=device)
+
+
+def step(p) -> None:
+    """One training step, each phase timed between synchronisations."""
+    model, device, phases = p["model"], p["device"], p["phases"]
+    sync(device)
+    t0 = time.perf_counter()
+    neg = p["sampler"].sample(model.prior.snapshot(), 1000)
+    sync(device)
+    t1 = time.perf_counter()
+    out = model(p["x"], neg, k=p["k"], kappa=0.5, generator=p["gen"])
+    sync(device)
+    t2 = time.perf_counter()
+    p["opt"].zero_grad(set_to_none=True)
+    out.loss.backward()
+    sync(device)
+    t3 = time.perf_counter()
+    p["opt"].step()
+    sync(device)
+    t4 = time.perf_counter()
+    for key, dt in (("negative_phase", t1 - t0), ("forward", t2 - t1), ("backward", t3 - t2),
+                    ("optimiser", t4 - t3)):
+        phases[key] += dt
+
+
+def gemm_profile(p):
+    """(FLOPs, recorded products) of one forward+backward, its effects on the model undone."""
+    model = p["model"]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    neg = (torch.rand(1000, model.num_latent, device=p["device"]) < 0.5).float()
+    counter, recorder = FlopCounterMode(display=False), GemmRecorder()
+    with counter, recorder:
+        model(p["x"], neg, k=p["k"], kappa=0.5, generator=torch.Generator(p["device"]).manual_seed(1)
+              ).loss.backward()
+    model.zero_grad(set_to_none=True)
+    model.load_state_dict(state)  # BatchNorm running statistics
+    return counter.get_total_flops(), replay_args(recorder.calls, p["device"], torch.float32)
+
+
+def measure(structure, k, method, steps, device, warmup=2):
+    """Both paths stepped in alternation, each followed by a replay of its matrix products."""
+    paths = {name: build(structure, k, method, device, share) for name, share in PATHS.items()}
+    profiles = {name: gemm_profile(p) for name, p in paths.items()}
+    replays = defaultdict(float)
+    for i in range(warmup + steps):
+        if i == warmup:
+            for p in paths.values():
+                p["timers"].total.clear()
+                p["phases"].clear()
+            replays.clear()
+        for name, p in paths.items():
+            step(p)
+            sync(device)
+            start = time.perf_counter()
+            replay(profiles[name][1])
+            sync(device)
+            replays[name] += time.perf_counter() - start
+    cell = {name: summarise(p, profiles[name][0], replays[name], steps) for name, p in paths.items()}
+    reference_replay = cell["reference"]["matmul_replay"]
+    for per in cell.values():
+        # against the bound of the computation as written (every row in full): the optimised
+        # path skips some of those products, so this ratio can in principle fall below 1
+        per["ratio_to_reference_bound"] = per["total"] / (reference_replay + per["negative_phase"])
+    return cell
+
+
+def summarise(p, flops, replay_s, steps) -> dict:
+    per = {key: v / steps for key, v in {**p["phases"], **p["timers"].total}.items()}
+    per["forward_other"] = per["forward"] - sum(per.get(key, 0.0) for key in PIECES)
+    per["total"] = sum(per[key] for key in ("negative_phase", "forward", "backward", "optimiser"))
+    per["flops_forward_backward"] = flops
+    per["matmul_replay"] = replay_s / steps
+    per["matmul_rate_flops_per_s"] = flops / per["matmul_replay"]
+    per["bound"] = per["matmul_replay"] + per["negative_phase"]
+    per["ratio_to_bound"] = per["total"] / per["bound"]
     per["projected_1M_steps_hours"] = per["total"] * FULL_RUN_STEPS / 3600
     return per
+
+
+COLUMNS = ("total", "negative_phase", "encoder", "relaxation_sampling", "prior_density", "decoder",
+           "forward_other", "backward", "optimiser", "matmul_replay", "bound")
+
+
+def row_text(structure, k, name, per) -> str:
+    times = " ".join(f"{per.get(c, 0) * 1e3:8.1f}" for c in COLUMNS)
+    return (f"{structure:15s} {k:3d} {name:9s} {times} {per['flops_forward_backward'] / 1e9:7.2f} "
+            f"{per['matmul_rate_flops_per_s'] / 1e9:6.1f} {per['ratio_to_bound']:5.2f} "
+            f"{per['ratio_to_reference_bound']:5.2f} {per['projected_1M_steps_hours']:7.1f}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The requested device, or SystemExit: a CUDA request without CUDA never runs on the CPU."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"--device {name}: not a torch device") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {name}: this benchmark times cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
+    return device
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", default="dvaes_power")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (no fallback)")
+    ap.add_argument("--structures", nargs="+", default=list(STRUCTURES), choices=list(STRUCTURES))
+    ap.add_argument("--ks", nargs="+", type=int, default=[1, 5, 25])
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--out", default="bench/results/train_step.json")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--out", default=None, help="default bench/results/train_step[_<device>].json")
     args = ap.parse_args()
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = {}
-    cols = ("total", "negative_phase_sampling", "encoder", "relaxation_sampling", "mean_field",
-            "decoder", "forward_other", "backward", "optimiser")
-    print(f"{'structure':16s} {'K':>3s} " + " ".join(f"{c[:10]:>10s}" for c in cols) + "  1M-steps(h)")
-    for structure in STRUCTURES:
-        for k in (1, 5, 25):
-            per = measure(structure, k, args.method, args.steps)
-            rows[f"{structure} K={k}"] = per
-            print(f"{structure:16s} {k:3d} " + " ".join(f"{per.get(c, 0) * 1e3:9.1f}m" for c in cols)
-                  + f"  {per['projected_1M_steps_hours']:10.1f}", flush=True)
-    out = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
-                       "threads": torch.get_num_threads()},
-           "method": args.method, "sampler": "gibbs 1000 chains x 40 sweeps", "batch": 100,
+    head = " ".join(f"{c[:8]:>8s}" for c in COLUMNS)
+    print(f"{'structure':15s} {'K':>3s} {'path':9s} {head}  GFLOP GFLOP/s ratio r.ref 1M-h  (ms per step)")
+    for structure in args.structures:
+        for k in args.ks:
+            cell = measure(structure, k, args.method, args.steps, device)
+            for name, per in cell.items():
+                print(row_text(structure, k, name, per), flush=True)
+            cell["speedup"] = cell["reference"]["total"] / cell["optimised"]["total"]
+            rows[f"{structure} K={k}"] = cell
+    write(args, device, rows)
+
+
+def write(args, device, rows) -> None:
+    machine = {"platform": platform.platform(), "torch": torch.__version__, "device": str(device),
+               "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+        machine["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    out = {"machine": machine, "method": args.method, "sampler": "gibbs 1000 chains x 40 sweeps",
+           "batch": 100, "flops": "FlopCounterMode, matrix-matrix products of one forward+backward",
            "seconds_per_step": rows}
-    path = Path(args.out)
+    suffix = "" if device.type == "cpu" else f"_{device.type}"
+    path = Path(args.out or f"bench/results/train_step{suffix}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"(times in ms per step) wrote {path}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def model(cfg: Config, x_mean: torch.Tensor | None, init_seed: int) -> DVAE:
         torch.manual_seed(init_seed)
         net = DVAE(cfg.structure, cfg.method, beta=smoothing_beta(cfg), x_mean=x_mean,
                    num_latent=n, prior_mask=mask, mean_field_sweeps=cfg.mean_field_sweeps,
-                   power_exact_gradient=cfg.power_exact_gradient)
+                   power_exact_gradient=cfg.power_exact_gradient,
+                   gi_exact_log_q=cfg.gi_exact_log_q)
     return net.to(torch.device(cfg.device))
 
 

@@ -75,6 +75,8 @@ class Config:
         "mean-field sweeps for log Z(ζ) of the overlapping relaxations", check=_positive))
     power_exact_gradient: bool = field(default=False, metadata=_doc(
         "power relaxation: implicit gradient from the exact CDF instead of the ε-floored one"))
+    gi_exact_log_q: bool = field(default=False, metadata=_doc(
+        "Gaussian-integral posterior: exact log(1 − q) instead of the published clip q ≤ 1 − 1e−4"))
     # --- optimisation ---
     steps: int = field(default=1_000_000, metadata=_doc("training steps", check=_positive))
     batch_size: int = field(default=100, metadata=_doc("data points per step", check=_positive))
@@ -100,6 +102,13 @@ class Config:
         "used and its declared defaults fill the rest"))
     topology: str | None = field(default=None, metadata=_doc(
         "hardware topology name or YAML path; null: the dense RBM of the paper"))
+    prefetch: bool = field(default=False, metadata=_doc(
+        "submit the next step's prior samples before this step's forward/backward (samples one "
+        "step stale; only for samplers with calls in flight, e.g. qpu)"))
+    max_qpu_access_time_s: float | None = field(default=None, metadata=_doc(
+        "QPU access-time budget of the run: training stops cleanly when it is spent", check=_positive))
+    start_over_budget: bool = field(default=False, metadata=_doc(
+        "start even when the projected QPU access time exceeds max_qpu_access_time_s"))
     # --- evaluation ---
     eval_every: int | None = field(default=None, metadata=_doc(
         "steps between evaluations; null: 20,000, or 10,000 when steps ≤ 100,000",

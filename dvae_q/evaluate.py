@@ -1,4 +1,4 @@
-"""Test NLL of the discrete model (spec §7, D7): binary z through the encoder groups, the
+"""Test NLL of the discrete model: binary z through the encoder groups, the
 decoder and the RBM, with K_eval importance samples evaluated as a batch dimension in chunks,
 accumulated in float64 with a max-shifted logsumexp. log Z comes from the caller (AIS/exact).
 
@@ -26,7 +26,7 @@ class EvalResult(NamedTuple):
 def _chunks(model, x, num_samples, sample_chunk, generator):
     """Both log-weight kinds of `discrete_log_weights`, (B, num_samples) each, without log Z."""
     was_training = model.training
-    model.eval()  # BatchNorm moving averages (spec §7)
+    model.eval()  # the test model uses BatchNorm's moving averages, not batch statistics
     dtype = next(model.parameters()).dtype
     x = x.to(dtype)
     chunk = max(1, min(sample_chunk, MAX_ROWS // max(1, x.shape[0])))
@@ -34,7 +34,7 @@ def _chunks(model, x, num_samples, sample_chunk, generator):
     try:
         for start in range(0, num_samples, chunk):
             s = min(chunk, num_samples - start)
-            # samples as a batch dimension (D7): the s copies of a point are adjacent rows
+            # samples as a batch dimension: the s copies of a point are adjacent rows
             rows = x.repeat_interleave(s, 0)
             a, b = model.discrete_log_weights(rows, generator=generator)
             ell.append(a.view(x.shape[0], s))
@@ -59,7 +59,7 @@ def evaluate_nll(model, data: torch.Tensor, log_z: float, num_samples: int = 100
     """Mean NLL and ELBO (nats) of `data` (N, 784) in {0, 1} under the discrete model.
 
     The ELBO averages the K draws; its entropy is analytic for the ELBO-trained methods
-    (DVAE/DVAE++) and sample-based for DVAE# (spec §7).
+    (DVAE/DVAE++) and sample-based for DVAE#.
     """
     if num_samples < 1 or batch_size < 1 or sample_chunk < 1 or data.shape[0] < 1:
         raise ValueError("data, num_samples, batch_size and sample_chunk must all be non-empty / at least 1")
@@ -70,7 +70,7 @@ def evaluate_nll(model, data: torch.Tensor, log_z: float, num_samples: int = 100
         x = data[start : start + batch]
         ell, ell_h = _chunks(model, x, num_samples, sample_chunk, generator)
         ell, ell_h = ell - float(log_z), ell_h - float(log_z)
-        # float64 logsumexp with a max shift (D7, pitfall 18)
+        # float64 logsumexp with a max shift: K_eval = 4000 weights spanning hundreds of nats
         per_point = torch.logsumexp(ell, 1) - math.log(num_samples)
         total_nll -= float(per_point.sum())  # summed, then divided by n: partial batches weigh by size
         total_elbo += float((ell_h if analytic else ell).mean(1).sum())

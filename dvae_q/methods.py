@@ -1,4 +1,4 @@
-"""The eight methods of the DVAE# poster's table and the default β of each (spec §1.7, §2.2)."""
+"""The eight methods of the DVAE# poster's table and the default β of each."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Method:
-    """How one column of the poster table is trained (spec §2.2)."""
+    """How one column of the poster table is trained."""
 
     name: str
-    relaxation: str  # a dvae_q.relaxations family, or "gi" for the Gaussian integral
+    relaxation: str  # a dvae_q.relaxations name ("gi" is the Gaussian integral)
     objective: str  # "elbo" (K>1: average of K single-sample ELBOs) or "iw" (K>1: IW bound)
-    kl: str  # "dvae" (Rolfe / DVAE++ KL), "dvaepp" (analytic KL), "sampled" (DVAE#)
-    column: str  # column letter of paper_table.md
+    kl: str  # key of dvae_q.objectives.OBJECTIVES: "dvae" (Rolfe / analytic KL), "dvaepp", "sampled"
+    column: str  # column letter of the DVAE# poster's table
     description: str
 
 
@@ -33,7 +33,7 @@ METHODS = {
 
 _ORDER = ("dvae_spike_exp", "dvaepp_exp", "dvaepp_power", "dvaes_gi", "dvaes_gauss", "dvaes_exp",
           "dvaes_unexp", "dvaes_power")
-# spec §1.7: rows (dataset, structures), columns in _ORDER
+# the published β per (dataset, structures), columns in _ORDER; for GI β is the floor of λ
 _BETA_ROWS = {
     ("binarized_mnist", ("1-layer-lin",)): (5, 12, 40, 40, 40, 12, 40, 40),
     ("binarized_mnist", ("1-layer-nonlin",)): (5, 14, 30, 30, 30, 12, 30, 40),
@@ -52,7 +52,7 @@ def get_method(name: str) -> Method:
 
 
 def default_beta(dataset: str, structure: str, method: str) -> float:
-    """β of the spec's §1.7 table for this dataset ('binarized_mnist' or 'omniglot'), structure
+    """The published β for this dataset ('binarized_mnist' or 'omniglot'), structure
     and method. The table is keyed by column, so a method's β never depends on K."""
     get_method(method)
     for (ds, structures), row in _BETA_ROWS.items():

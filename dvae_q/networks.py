@@ -1,4 +1,4 @@
-"""Encoder and decoder networks of the four published structures (spec §4).
+"""Encoder and decoder networks of the four published structures.
 
 MLP block: Linear → [BatchNorm → tanh] per hidden layer, last Linear plain. Weights use TF-1's
 variance-scaling init (truncated normal, σ = sqrt(2.6/fan_in), cut at ±2σ: effective std
@@ -7,11 +7,13 @@ sqrt(2/fan_in)); biases start at zero. BatchNorm: PyTorch momentum 0.2 (TF's 0.8
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 NUM_PIXELS = 784
 BN_MOMENTUM = 0.2
@@ -20,8 +22,8 @@ BN_EPS = 1e-2
 
 @dataclass(frozen=True)
 class Structure:
-    """One row of the spec §4 table. The latent size can be overridden per model (D3); these
-    numbers are the defaults that reproduce the paper."""
+    """One row of the published structure table. The latent size can be overridden per model;
+    these numbers are the defaults that reproduce the paper."""
 
     name: str
     num_groups: int
@@ -61,7 +63,7 @@ def init_dense(layer: nn.Linear) -> None:
 
 
 class MLP(nn.Sequential):
-    """Linear → [BatchNorm → tanh] × hidden_layers, then a plain Linear (spec §4)."""
+    """Linear → [BatchNorm → tanh] × hidden_layers, then a plain Linear."""
 
     def __init__(self, in_features: int, out_features: int, hidden_layers: int, width: int):
         layers: list[nn.Module] = []
@@ -77,7 +79,7 @@ class MLP(nn.Sequential):
 
 
 class Decoder(nn.Module):
-    """p(x|ζ): an MLP on all of ζ plus the fixed data-mean logit bias (pitfall 12)."""
+    """p(x|ζ): an MLP on all of ζ plus the fixed bias logit(clip(x̄, 1e−3, 1 − 1e−3)), a constant."""
 
     def __init__(self, num_latent: int, hidden_layers: int, width: int, x_mean: torch.Tensor):
         super().__init__()
@@ -86,7 +88,13 @@ class Decoder(nn.Module):
         self.register_buffer("x_bias", torch.log(clipped) - torch.log1p(-clipped))
 
     def forward(self, zeta: torch.Tensor) -> torch.Tensor:
-        return self.net(zeta) + self.x_bias
+        h = zeta
+        for layer in itertools.islice(self.net, len(self.net) - 1):
+            h = layer(h)
+        last = self.net[-1]
+        # the constant bias folded into the last layer's: one pass over the (rows, 784) output
+        # fewer, the same logits up to rounding
+        return F.linear(h, last.weight, last.bias + self.x_bias)
 
 
 class Encoder(nn.Module):
@@ -102,6 +110,28 @@ class Encoder(nn.Module):
         self.register_buffer("x_mean", torch.as_tensor(x_mean, dtype=torch.float32).clone())
 
     def group_output(self, g: int, x: torch.Tensor, previous: list[torch.Tensor]) -> torch.Tensor:
-        """Raw output of group g's MLP (U logits, or 2U for two heads) given x and ζ_<g."""
+        """Raw output of group g's MLP (U logits, or 2U for two heads) given x and ζ_<g, row by
+        row: the reference computation."""
         inputs = torch.cat([x - self.x_mean, *previous], dim=-1)
         return self.groups[g](inputs)
+
+    def group_output_shared(self, g: int, x: torch.Tensor, previous: list[torch.Tensor],
+                            k: int) -> torch.Tensor:
+        """`group_output` for the rows of x (B, 784) each repeated k times (copies adjacent), with
+        ζ_<g given for those B·k rows.
+
+        The first layer's data part W_x·(x − x̄) + b is computed once per data point and
+        repeated; the ζ part is added per row. BatchNorm after it still sees all B·k rows. The
+        same function as `group_output` on repeated rows up to float rounding (one product is
+        split in two), without the k-fold work on the 784 data inputs, forward and backward.
+        """
+        mlp = self.groups[g]
+        first = mlp[0]
+        h = F.linear(x - self.x_mean, first.weight[:, :NUM_PIXELS], first.bias)
+        if k > 1:
+            h = h.repeat_interleave(k, 0)
+        if previous:
+            h = torch.addmm(h, torch.cat(previous, -1), first.weight[:, NUM_PIXELS:].T)
+        for layer in itertools.islice(mlp, 1, None):
+            h = layer(h)
+        return h

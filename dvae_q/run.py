@@ -95,7 +95,7 @@ class Run:
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Pixel probabilities of the discrete model's reconstruction of binary images x."""
         x = x.to(next(self.model.parameters()).device, torch.float32)
-        z = _binary_posterior(self.model, x, generator)
+        z = self.model.binary_posterior(x, generator)[0]
         return torch.sigmoid(self.model.decode(z)).cpu()
 
     def evaluate(self, split: str = "test", *, iw_samples: int = 4000, ais_temps: int = 1000,
@@ -132,15 +132,6 @@ class Run:
             # NLL moves one for one with log Z: the upper estimate gives the other end
             "nll_with_raise_log_z": nll + (upper.log_z - ais.log_z) if upper else None,
         }
-
-
-def _binary_posterior(model, x, generator):
-    zs = []
-    for g in range(model.structure.num_groups):
-        logits = model.encoder.group_output(g, x, zs)[:, : model.units]
-        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-        zs.append((u < torch.sigmoid(logits)).to(logits.dtype))
-    return torch.cat(zs, -1)
 
 
 def _check_eval_args(split, iw_samples, ais_temps, ais_chains, limit) -> None:

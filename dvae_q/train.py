@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,11 +24,12 @@ from dvae_q import metrics as metrics_file
 from dvae_q.config import Config, refuse_token
 from dvae_q.errors import BadInput, RunFailure
 from dvae_q.model import DVAE
-from dvae_q.progress import Reporter
+from dvae_q.progress import Reporter, format_duration
 from dvae_q.rundir import RunDir
 from dvae_q.schedule import kl_weight, learning_rate, torch_adam_eps
 
 FULL_BUDGET_STEPS = 1_000_000
+log = logging.getLogger(__name__)
 # errors a sampler raises for a failure of the device, the cloud or the model it was handed;
 # other exception types are bugs and keep their traceback
 SAMPLER_FAILURES = (RuntimeError, ValueError, MemoryError, OSError)
@@ -141,19 +143,70 @@ def _finite(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
     return bool(torch.stack([t.detach().isfinite().all() for t in tensors]).all())
 
 
-def _start(parts: Parts, run: RunDir, resume: bool) -> tuple[int, float, float, dict | None]:
-    """Lock (and for a new run, create) the directory; (step, best valid NLL, wall, log Z)."""
+@dataclass
+class Carry:
+    """What a step hands to the next and a checkpoint records besides the parts' own state."""
+
+    step: int = 0
+    best_valid_nll: float = math.inf
+    wall_time_s: float = 0.0
+    log_z: dict | None = None
+    qpu: dict = field(default_factory=lambda: dict.fromkeys(QPU_TOTALS, 0.0))
+    in_flight: dict | None = None      # prefetch: the prior of the draw submitted, as tensors
+    pending: object = None             # prefetch: that draw (not checkpointed: resubmitted)
+    stopped: str | None = None         # why training stopped before `steps`, if it did
+
+    def record(self) -> dict:
+        return {"best_valid_nll": self.best_valid_nll, "wall_time_s": self.wall_time_s,
+                "log_z": self.log_z, "qpu_totals": dict(self.qpu), "in_flight": self.in_flight}
+
+
+# sampler info keys summed over a run: QPU use, for budgets and results.json
+QPU_TOTALS = ("qpu_access_time_us", "estimated_qpu_access_time_us", "num_qpu_calls",
+              "num_reads", "num_samples_drawn")
+
+
+def _start(parts: Parts, run: RunDir, resume: bool) -> Carry:
+    """Lock (and for a new run, create) the directory; what the run continues from."""
     if not resume:
         refuse_token(parts.cfg)
-        first = _state(parts, 0, {"best_valid_nll": math.inf, "wall_time_s": 0.0, "log_z": None})
-        run.create(parts.cfg, first)
-        return 0, math.inf, 0.0, None
+        run.create(parts.cfg, _state(parts, 0, Carry().record()))
+        return Carry()
     run.lock()
     if not run.last.is_file():  # a directory with a config and no checkpoint starts at step 0
-        return 0, math.inf, 0.0, None
+        return Carry()
     state = checkpoint.load(run.last)
     _restore(parts, state, run.last)
-    return state["step"], state["best_valid_nll"], state["wall_time_s"], state["log_z"]
+    carry = Carry(step=state["step"], best_valid_nll=state["best_valid_nll"],
+                  wall_time_s=state["wall_time_s"], log_z=state["log_z"],
+                  in_flight=state.get("in_flight"))
+    carry.qpu.update(state.get("qpu_totals") or {})
+    return carry
+
+
+def _budget_check(parts: Parts, reporter: Reporter, carry: Carry) -> None:
+    """Say what the rest of the run will cost in QPU access time (the vendor's timing model),
+    and refuse to start past `max_qpu_access_time_s` unless told to."""
+    cfg, sampler = parts.cfg, parts.sampler
+    if not isinstance(sampler, samplers.TemperatureScaled):
+        return
+    try:
+        per_step = sampler.estimated_access_time_us(parts.model.prior.snapshot(),
+                                                    cfg.num_negative_samples) / 1e6
+    except SAMPLER_FAILURES as exc:
+        raise RunFailure(f"sampler '{cfg.sampler}' failed while estimating QPU time "
+                         f"({type(exc).__name__}: {_one_line(exc)})") from exc
+    projected = per_step * (cfg.steps - carry.step)
+    log.info("projected QPU access time of the %s remaining steps: %s (%.1f ms per step; "
+             "Ocean's timing model, network and queueing not included)",
+             f"{cfg.steps - carry.step:,}", format_duration(projected), 1e3 * per_step)
+    budget = cfg.max_qpu_access_time_s
+    if budget is not None and not cfg.start_over_budget:
+        left = budget - carry.qpu["qpu_access_time_us"] / 1e6
+        if projected > left:
+            raise BadInput(f"the run needs about {format_duration(projected)} of QPU access time, "
+                           f"more than the {format_duration(max(left, 0.0))} left of "
+                           f"max_qpu_access_time_s; lower steps or set start_over_budget: true")
 
 
 def train(cfg: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False,
@@ -170,109 +223,161 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, quiet: bool = Fal
         run.check_new()
     parts = parts or build_parts(cfg)
     parts.sampler.preflight()
+    if cfg.prefetch and not isinstance(parts.sampler, samplers.Submitting):
+        raise BadInput(f"config key 'prefetch': sampler '{cfg.sampler}' has no calls in flight to "
+                       "overlap (prefetch helps a qpu sampler); set prefetch: false")
+    if not resume:
+        _budget_check(parts, reporter, Carry())
     try:
-        start, best_valid, wall, log_z_est = _start(parts, run, resume)
+        carry = _start(parts, run, resume)
+        if resume:
+            _budget_check(parts, reporter, carry)
         board = cfg.tensorboard if cfg.tensorboard is not None else metrics_file.tensorboard_available()
-        metrics = metrics_file.MetricsWriter(run.metrics_file, resume_step=start if resume else None,
+        metrics = metrics_file.MetricsWriter(run.metrics_file, resume_step=carry.step if resume else None,
                                              tensorboard=board)
         try:
-            with reporter.task("train", total=cfg.steps, initial=start, unit="steps") as bar:
-                wall = _loop(parts, run, metrics, bar, reporter, start, best_valid, wall,
-                             log_z_est)
+            with reporter.task("train", total=cfg.steps, initial=carry.step, unit="steps") as bar:
+                _loop(parts, run, metrics, bar, reporter, carry)
         finally:
             metrics.close()
-        return finish(parts, run, wall, reporter)
+        return finish(parts, run, carry, reporter)
     finally:
         run.unlock()
 
 
-def _loop(parts: Parts, run: RunDir, metrics, bar, reporter: Reporter, start: int,
-          best_valid: float, wall: float, log_z_est: dict | None) -> float:
-    cfg, model, optimizer, sampler = parts.cfg, parts.model, parts.optimizer, parts.sampler
+def _negative_phase(parts: Parts, carry: Carry, run: RunDir):
+    """This step's prior samples and their info. With prefetch, the draw submitted at the start
+    of the previous step (so one step stale) is collected and this step's prior is submitted
+    at once, to be sampled while this step computes."""
+    cfg, sampler, n = parts.cfg, parts.sampler, parts.cfg.num_negative_samples
+    try:
+        if not cfg.prefetch:
+            return sampler.draw(parts.model.prior.snapshot(), n, device=parts.device)
+        if carry.pending is None:  # the first step, or a resume: submit what was in flight
+            prior = _prior_from(carry.in_flight) if carry.in_flight else parts.model.prior.snapshot()
+            carry.pending = sampler.submit(prior, n, device=parts.device)
+        result = carry.pending.result()
+        carry.pending = carry.in_flight = None
+        if carry.step + 1 < cfg.steps:  # no draw left in flight (and billed) after the last step
+            now = parts.model.prior.snapshot()
+            carry.pending = sampler.submit(now, n, device=parts.device)
+            carry.in_flight = {"a_left": now.a_left, "a_right": now.a_right, "W": now.W,
+                               "mask": now.mask, "beta": now.beta}
+        return result
+    except SAMPLER_FAILURES as exc:  # cloud failures after retries, out of memory, ...
+        raise RunFailure(f"sampler '{cfg.sampler}' failed at step {carry.step} "
+                         f"({type(exc).__name__}: {_one_line(exc)}); the last good checkpoint "
+                         f"is {run.last}") from exc
 
-    def snapshot(step: int) -> dict:
+
+def _prior_from(record: dict) -> samplers.BipartiteModel:
+    return samplers.BipartiteModel(record["a_left"], record["a_right"], record["W"],
+                                   record["mask"], record["beta"])
+
+
+def _optimise(parts: Parts, carry: Carry, run: RunDir, negatives, kappa: float):
+    """Forward, backward and step; RunFailure if the loss, a parameter or a moment is not finite."""
+    model, optimizer = parts.model, parts.optimizer
+    latest = carry.log_z["log_z"] if carry.log_z else None  # labels 'kl'/'approx_bound' honest
+    result = model(next(parts.batches), negatives, k=parts.cfg.k, kappa=kappa, log_z_value=latest,
+                   generator=parts.posterior_gen)
+    if not torch.isfinite(result.loss):
+        raise RunFailure(f"loss became {result.loss.item()} at step {carry.step}; training "
+                         f"stopped, the last good checkpoint is {run.last}")
+    optimizer.zero_grad(set_to_none=True)
+    result.loss.backward()
+    optimizer.step()
+    if not _finite(model, optimizer):
+        raise RunFailure(f"parameters or optimiser state became non-finite at step {carry.step} "
+                         f"(learning rate or β too large?); the last good checkpoint is {run.last}")
+    return result
+
+
+def _account(cfg: Config, carry: Carry, info: dict) -> None:
+    """Add this step's QPU use to the run's totals; stop at the budget."""
+    for key in QPU_TOTALS:
+        value = info.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            carry.qpu[key] += float(value)
+    spent = carry.qpu["qpu_access_time_us"] / 1e6
+    if cfg.max_qpu_access_time_s is not None and spent >= cfg.max_qpu_access_time_s:
+        carry.stopped = (f"QPU access-time budget spent ({spent:.3f} s of "
+                         f"{cfg.max_qpu_access_time_s:g} s) at step {carry.step + 1:,}")
+
+
+def _evaluate(parts: Parts, carry: Carry, run: RunDir, reporter: Reporter, negatives, row: dict,
+              snapshot) -> dict:
+    """AIS log Z, then validation/test NLL of the discrete model; keeps the best checkpoint."""
+    cfg, model, done = parts.cfg, parts.model, carry.step
+    model.eval()
+    est = estimate_log_z(model, cfg, parts.eval_gen, reporter)
+    carry.log_z = {"log_z": est.log_z, "stderr": est.stderr}
+    found = evaluate_splits(parts, {s: cfg.eval_iw_samples for s in parts.eval_data}, est.log_z,
+                            reporter)
+    model.train()
+    save_samples(parts, negatives, run.path / f"samples_{done:07d}.png", done)
+    row.update(log_z=est.log_z, log_z_stderr=est.stderr, **found)
+    figures.save_curves(metrics_file.read(run.metrics_file) + [_strings(row)],
+                        run.path / "curves.png", **_curve_labels(cfg))
+    score = found.get("valid_nll", found.get("test_nll"))
+    if score < carry.best_valid_nll:
+        carry.best_valid_nll = score
+        checkpoint.save_atomic(snapshot(), run.best)
+    return found
+
+
+def _loop(parts: Parts, run: RunDir, metrics, bar, reporter: Reporter, carry: Carry) -> None:
+    cfg, model = parts.cfg, parts.model
+
+    def snapshot() -> dict:
         try:  # a remote sampler's state comes over the network: the service may be gone
-            return _state(parts, step, {"best_valid_nll": best_valid, "wall_time_s": wall,
-                                        "log_z": log_z_est})
+            return _state(parts, carry.step, carry.record())
         except SAMPLER_FAILURES as exc:
             raise RunFailure(f"sampler '{cfg.sampler}' failed while its state was saved at step "
-                             f"{step} ({type(exc).__name__}: {_one_line(exc)}); the last good "
-                             f"checkpoint is {run.last}") from exc
+                             f"{carry.step} ({type(exc).__name__}: {_one_line(exc)}); the last "
+                             f"good checkpoint is {run.last}") from exc
 
     model.train()
     tick = time.perf_counter()
-    for step in range(start, cfg.steps):
+    while carry.step < cfg.steps and carry.stopped is None:
         # --- schedule for this step (pure functions of the global step) ---
+        step = carry.step
         lr = learning_rate(step, cfg.steps, cfg.learning_rate, cfg.lr_boundaries, cfg.lr_factors)
         kappa = kl_weight(step, cfg.steps, cfg.kl_warmup_fraction)
-        for group in optimizer.param_groups:
+        for group in parts.optimizer.param_groups:
             group["lr"], group["eps"] = lr, torch_adam_eps(cfg.adam_eps_tf, step + 1)
 
-        # --- negative phase: samples of the current prior, from whichever sampler this is ---
-        try:
-            negatives, sampler_info = sampler.draw(model.prior.snapshot(), cfg.num_negative_samples,
-                                                   device=parts.device)
-        except SAMPLER_FAILURES as exc:  # cloud failures after retries, out of memory, ...
-            raise RunFailure(f"sampler '{cfg.sampler}' failed at step {step} "
-                             f"({type(exc).__name__}: {_one_line(exc)}); the last good checkpoint "
-                             f"is {run.last}") from exc
-
-        # --- forward, backward, step ---
-        latest = log_z_est["log_z"] if log_z_est else None  # labels 'kl'/'approx_bound' honest
-        result = model(next(parts.batches), negatives, k=cfg.k, kappa=kappa, log_z_value=latest,
-                       generator=parts.posterior_gen)
-        if not torch.isfinite(result.loss):
-            raise RunFailure(f"loss became {result.loss.item()} at step {step}; training stopped, "
-                             f"the last good checkpoint is {run.last}")
-        optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
-        optimizer.step()
-        if not _finite(model, optimizer):
-            raise RunFailure(f"parameters or optimiser state became non-finite at step {step} "
-                             f"(learning rate or β too large?); the last good checkpoint is "
-                             f"{run.last}")
-        done = step + 1
+        # --- negative phase, then forward, backward, step ---
+        negatives, sampler_info = _negative_phase(parts, carry, run)
+        _account(cfg, carry, sampler_info)
+        result = _optimise(parts, carry, run, negatives, kappa)
+        carry.step = done = step + 1
 
         # --- log: one row per logged step, evaluation merged into it ---
         now = time.perf_counter()
-        wall += now - tick
-        tick = now
-        evaluating = done % cfg.eval_every == 0 or done == cfg.steps
+        carry.wall_time_s += now - tick
+        evaluating = done % cfg.eval_every == 0 or done == cfg.steps or carry.stopped is not None
         row = None
         if done % cfg.log_every == 0 or evaluating:
-            row = {"step": done, "wall_time_s": wall, "loss": result.loss.item(), "lr": lr,
-                   "kappa": kappa, **{k: float(v) for k, v in result.metrics.items()},
+            row = {"step": done, "wall_time_s": carry.wall_time_s, "loss": result.loss.item(),
+                   "lr": lr, "kappa": kappa, **{k: float(v) for k, v in result.metrics.items()},
                    **metrics_file.sampler_columns(sampler_info)}
-
-        # --- evaluate: AIS log Z, then validation/test NLL of the discrete model ---
         if evaluating:
-            model.eval()
-            est = estimate_log_z(model, cfg, parts.eval_gen, reporter)
-            log_z_est = {"log_z": est.log_z, "stderr": est.stderr}
-            found = evaluate_splits(parts, {s: cfg.eval_iw_samples for s in parts.eval_data},
-                                    est.log_z, reporter)
-            model.train()
-            save_samples(parts, negatives, run.path / f"samples_{done:07d}.png", done)
-            row.update(log_z=est.log_z, log_z_stderr=est.stderr, **found)
-            score = found.get("valid_nll", found.get("test_nll"))
-            bar.set_postfix(recon=row.get("recon"), **{k: v for k, v in found.items()
-                                                       if k.endswith("_nll")})
-            figures.save_curves(metrics_file.read(run.metrics_file) + [_strings(row)],
-                                run.path / "curves.png", **_curve_labels(cfg))
-            if score < best_valid:
-                best_valid = score
-                checkpoint.save_atomic(snapshot(done), run.best)
-            tick = time.perf_counter()
+            found = _evaluate(parts, carry, run, reporter, negatives, row, snapshot)
+            bar.set_postfix(recon=row.get("recon"),
+                            **{k: v for k, v in found.items() if k.endswith("_nll")})
+        elif row is not None:
+            bar.set_postfix(recon=row.get("recon"))
         if row is not None:
             metrics.write(row)
-            if not evaluating:
-                bar.set_postfix(recon=row.get("recon"))
 
         # --- checkpoint ---
         if done % cfg.checkpoint_every == 0 or evaluating:
-            checkpoint.save_atomic(snapshot(done), run.last)
+            checkpoint.save_atomic(snapshot(), run.last)
+        tick = time.perf_counter()
         bar.update(1)
-    return wall
+    if carry.stopped:
+        log.warning("training stopped: %s; checkpoint %s", carry.stopped, run.last)
 
 
 def _strings(row: dict) -> dict:
@@ -289,7 +394,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def finish(parts: Parts, run: RunDir, wall_time_s: float, reporter: Reporter | None = None) -> dict:
+def finish(parts: Parts, run: RunDir, carry: Carry, reporter: Reporter | None = None) -> dict:
     """Final evaluation: best-validation weights, fresh AIS, test with many samples."""
     cfg = parts.cfg
     best = checkpoint.load(run.checkpoint_path("best"))
@@ -300,7 +405,7 @@ def finish(parts: Parts, run: RunDir, wall_time_s: float, reporter: Reporter | N
     if "test" in counts:
         counts["test"] = cfg.final_iw_samples
     found = evaluate_splits(parts, counts, est.log_z, reporter)
-    final = {s: (cfg.steps, found[f"{s}_nll"], k) for s, k in counts.items()}
+    final = {s: (carry.step, found[f"{s}_nll"], k) for s, k in counts.items()}
     figures.save_curves(metrics_file.read(run.metrics_file), run.path / "curves.png",
                         **_curve_labels(cfg, final))
     results = {
@@ -320,7 +425,10 @@ def finish(parts: Parts, run: RunDir, wall_time_s: float, reporter: Reporter | N
         **found,
         "eval_limit": cfg.eval_limit,
         "train_limit": cfg.train_limit,
-        "wall_time_s": wall_time_s,
+        "wall_time_s": carry.wall_time_s,
+        "steps_done": carry.step,
+        "stopped_early": carry.stopped,
+        "qpu_totals": {k: v for k, v in carry.qpu.items() if v} or None,
         "seeds": parts.seeds,
         "full_budget": cfg.steps >= FULL_BUDGET_STEPS and cfg.final_iw_samples >= 4000,
     }

@@ -111,6 +111,17 @@ class TemperatureScaled(Protocol):
         """Device access time of `draw(model, num_samples)` by the vendor's timing model (µs)."""
 
 
+@runtime_checkable
+class Submitting(Protocol):
+    """A sampler whose calls can be in flight while the caller works (the QPU backend): the
+    training loop's opt-in `prefetch` uses it. Draws complete in submission order, and
+    `state_dict()` holds no trace of a draw still pending."""
+
+    def submit(self, model: BipartiteModel, num_samples: int, *, device=None, dtype=None):
+        """Start `draw(model, num_samples)`; `.result()` of the returned object gives its
+        SampleResult."""
+
+
 class Sampler:
     """Base class of all backends. Subclasses set `name`, `parameters` and implement `_sample`,
     which returns (samples, info) for that call."""

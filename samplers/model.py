@@ -92,7 +92,7 @@ class BipartiteModel:
         """The model as a dimod BQM with energy β·E (BINARY) or its spin equivalent (SPIN).
 
         Variables are labelled 0..n−1 (left then right) unless `labels` (length n) is given.
-        SPIN uses z = (s + 1)/2: J_ij = −βW_ij/4, h_i = −β(a_i/2 + Σ_j W_ij/4) (ocean_notes §2),
+        SPIN substitutes z = (s + 1)/2: J_ij = −βW_ij/4, h_i = −β(a_i/2 + Σ_j W_ij/4),
         plus the constant offset that keeps energies equal.
         """
         import dimod

@@ -29,18 +29,36 @@ import numpy as np
 
 class FixedBetaGibbs(dimod.Sampler):
     """Simulated annealing at one fixed β (Gibbs updates, random order), seeded per call from
-    its own numpy Generator so that successive calls differ but a seed reproduces a run."""
+    its own numpy Generator so that successive calls differ but a seed reproduces a run.
+
+    With `per_problem_seed` each call's seed is instead a function of `seed` and the problem
+    programmed (its arrays), so a process that is killed and restarted sees the same answers to
+    the same problems — what exact-resume tests of a training run need from a stand-in QPU.
+    """
 
     parameters = {"num_reads": []}
     properties: dict = {}
 
-    def __init__(self, beta: float, num_sweeps: int, seed: int | None = None):
+    def __init__(self, beta: float, num_sweeps: int, seed: int | None = None,
+                 per_problem_seed: bool = False):
         from dwave.samplers import SimulatedAnnealingSampler
 
         self.beta = float(beta)
         self.num_sweeps = int(num_sweeps)
         self._engine = SimulatedAnnealingSampler()
         self._rng = np.random.default_rng(seed)
+        self._seed, self._per_problem = seed, per_problem_seed
+
+    def _call_seed(self, bqm, num_reads: int) -> int:
+        if not self._per_problem:
+            return int(self._rng.integers(2**31 - 1))
+        import hashlib
+
+        h, (row, col, quad), offset = bqm.to_numpy_vectors(variable_order=sorted(bqm.variables))
+        digest = hashlib.sha256(repr((self._seed, num_reads, offset)).encode())
+        for array in (h, row, col, quad):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return int.from_bytes(digest.digest()[:4], "little") % (2**31 - 1)
 
     def sample(self, bqm, num_reads: int = 1, **ignored):
         # `ignored`: QPU-only parameters (auto_scale, annealing_time, ...) forwarded by the mock
@@ -51,13 +69,15 @@ class FixedBetaGibbs(dimod.Sampler):
             num_sweeps=self.num_sweeps,
             proposal_acceptance_criteria="Gibbs",
             randomize_order=True,
-            seed=int(self._rng.integers(2**31 - 1)),
+            seed=self._call_seed(bqm, num_reads),
         )
 
 
 def thermal_mock(topology="chimera_c4", beta: float = 5.0, num_sweeps: int = 200,
-                 seed: int | None = None, broken_nodes=None, broken_edges=None):
-    """A MockDWaveSampler of `topology` (name, path or Topology) sampling exp(−beta·E_prog)."""
+                 seed: int | None = None, broken_nodes=None, broken_edges=None,
+                 per_problem_seed: bool = False):
+    """A MockDWaveSampler of `topology` (name, path or Topology) sampling exp(−beta·E_prog);
+    `per_problem_seed`: see `FixedBetaGibbs`."""
     import topologies
     from dwave.system.testing import MockDWaveSampler
 
@@ -69,7 +89,7 @@ def thermal_mock(topology="chimera_c4", beta: float = 5.0, num_sweeps: int = 200
         graph["broken_edges"] = (graph["broken_edges"] or []) + [tuple(e) for e in broken_edges]
     return MockDWaveSampler(
         **graph,
-        substitute_sampler=FixedBetaGibbs(beta, num_sweeps, seed),
+        substitute_sampler=FixedBetaGibbs(beta, num_sweeps, seed, per_problem_seed),
         parameter_warnings=False,
     )
 

@@ -1,4 +1,4 @@
-"""Discrete-model NLL (spec §7, D7) against exact log p(x) of models small enough to enumerate."""
+"""Discrete-model NLL against exact log p(x) of models small enough to enumerate."""
 
 import itertools
 

@@ -1,6 +1,7 @@
-"""The Gaussian-integral posterior (shifted two-Gaussian mixture, spec §1.6) against independent
+"""The Gaussian-integral posterior (shifted two-Gaussian mixture) against independent
 references: scipy densities and CDFs, quadrature, KS tests, and finite differences of a
-root-found inverse mixture CDF for the gradients to q, δμ and s (decision D1)."""
+root-found inverse mixture CDF for the gradients to q, δμ and s (the scale gradient must subtract
+the shift, which the original code did not)."""
 
 import math
 
@@ -10,6 +11,7 @@ import torch
 from scipy import integrate, optimize, stats
 
 from dvae_q import gaussian_integral as gi
+from dvae_q import relaxations
 
 
 def gi_ref_cdf(x, q, dmu, s):
@@ -56,7 +58,7 @@ def test_log_q_integrates_to_one_and_matches_scipy(dtype):
 
 
 def test_log_q_clips_q_only_inside_log_one_minus_q():
-    # q > 1 − 1e−4: log(1 − q) is evaluated at q = 1 − 1e−4 (spec §1.6), the softplus keeps the
+    # q > 1 − 1e−4: log(1 − q) is evaluated at q = 1 − 1e−4 (the published model), the softplus keeps the
     # true logit, so the value is the formula with that one substitution
     q, dmu, s = 1 - 1e-6, 0.1, 0.2
     logit, h, v = _gi_params(q, dmu, s)
@@ -89,7 +91,7 @@ def test_implicit_gradients_match_finite_differences(q, dmu, s, rho):
     assert float(d_q) == pytest.approx(fd_q, rel=1e-5)
     assert fd_mu == pytest.approx(1.0, rel=1e-6)
     assert float(d_s) == pytest.approx(fd_s, rel=1e-5)
-    # the original's shift-free formula overshoots by exactly δμ/s (decision D1)
+    # the original's shift-free formula overshoots by exactly δμ/s
     assert _shift_free_ds(zeta, q, dmu, s) - fd_s == pytest.approx(dmu / s, rel=1e-5)
 
 
@@ -144,3 +146,46 @@ def test_float32_extremes_stay_finite():
     for t in (zeta, logits.grad, shift_logits.grad, v.grad):
         assert t.dtype == torch.float32 and torch.isfinite(t).all()
     assert torch.isfinite(gi.log_q(zeta.detach(), logits, shift_logits, v)).all()
+
+
+def _mass(log_density, dmu, dtype):
+    """∫ exp(log_density(ζ)) dζ by adaptive quadrature, told where the two components sit; asked
+    for no more precision than the dtype's rounding of the integrand allows."""
+    f = lambda t: math.exp(log_density(t))  # noqa: E731
+    tol = 1e-10 if dtype == torch.float64 else 1e-6
+    return integrate.quad(f, dmu - 3, dmu + 4, points=[dmu, 1 + dmu], limit=400, epsabs=tol, epsrel=tol)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("logit", [12.0, 20.0])
+def test_exact_log_q_integrates_to_one_for_large_logits_where_the_default_does_not(logit, dtype):
+    _, h, v = _gi_params(0.5, 0.1, 0.2, dtype)
+    lg = torch.tensor([logit], dtype=dtype)
+    exact = relaxations.make("gi", 30.0, exact_log_q=True)
+    clipped = relaxations.make("gi", 30.0)  # the default: the published model's clip
+    at = lambda rel: lambda t: float(rel.log_q(torch.tensor([t], dtype=dtype), lg, h, v))  # noqa: E731
+    assert _mass(at(exact), 0.1, dtype) == pytest.approx(1.0, abs=1e-8 if dtype == torch.float64 else 1e-5)
+    # the default evaluates log(1 − q) at q = 1 − 1e−4 while the softplus keeps the true logit, so
+    # the z = 1 component is inflated by 1e−4/(1 − q): total mass 1e−4·(1 + e^l), 16.3 at l = 12
+    # and 4.9e4 at l = 20 — documented here as the published model's defect, kept as the default
+    # (float32 rounds 1 − 1e−4 to within 1.2e−8 of it: relative 1.2e−4 in the mass)
+    want = 1e-4 * (1 + math.exp(logit))
+    assert _mass(at(clipped), 0.1, dtype) == pytest.approx(want, rel=1e-8 if dtype == torch.float64 else 2e-4)
+
+
+def test_exact_log_q_changes_nothing_where_the_clip_is_inactive():
+    # q ≤ 1 − 1e−4, i.e. l ≤ log(9999) ≈ 9.21: both are log(1 − q) + ..., computed as
+    # log1p(−σ(l)) and −softplus(l); in float64 they agree to rounding (1 − q ≥ 1e−4 carries a
+    # relative error ≤ 1e−12 from σ's rounding)
+    gen = torch.Generator().manual_seed(2)  # fixed seed: deterministic inputs
+    logits = torch.linspace(-30.0, 9.2, 400, dtype=torch.float64)
+    h = torch.randn(400, generator=gen, dtype=torch.float64)
+    v = torch.randn(400, generator=gen, dtype=torch.float64)
+    zeta = torch.rand(400, generator=gen, dtype=torch.float64) * 2 - 0.5
+    default = gi.log_q(zeta, logits, h, v)
+    exact = gi.log_q(zeta, logits, h, v, exact=True)
+    torch.testing.assert_close(exact, default, rtol=0, atol=1e-11)
+    # and above the threshold they differ by log((1 − q)/1e−4) = −l + log(1e4) + O(e^{−l})
+    big = torch.tensor([12.0, 20.0], dtype=torch.float64)
+    diff = gi.log_q(zeta[:2], big, h[:2], v[:2], exact=True) - gi.log_q(zeta[:2], big, h[:2], v[:2])
+    torch.testing.assert_close(diff, -big + math.log(1e4), rtol=0, atol=1e-4)

@@ -1,4 +1,5 @@
-"""Encoder/decoder conventions of spec §4–5 (table, init, BatchNorm, data-mean bias, x − x̄)."""
+"""Encoder/decoder conventions of the published structures (table, init, BatchNorm, data-mean
+bias, x − x̄)."""
 
 import math
 
@@ -13,7 +14,7 @@ def x_mean(seed=0):
     return torch.rand(784, generator=torch.Generator().manual_seed(seed)) * 0.8 + 0.05
 
 
-# spec §3/§4 table, transcribed independently: groups, units, hidden layers, width, N
+# the papers' structure table, transcribed independently: groups, units, hidden layers, width, N
 @pytest.mark.parametrize("name, groups, units, hidden, width, n", [
     ("1-layer-lin", 1, 200, 0, 200, 200),
     ("1-layer-nonlin", 1, 200, 2, 200, 200),
@@ -61,7 +62,7 @@ def test_batchnorm_momentum_and_eps():
     dec = Decoder(16, 2, 200, x_mean())
     bns = [m for m in dec.modules() if isinstance(m, nn.BatchNorm1d)]
     assert len(bns) == 2
-    # TF momentum 0.8 is PyTorch 0.2 (spec §5): after one batch, running = 0.8·0 + 0.2·batch mean
+    # TF momentum 0.8 is PyTorch 0.2: after one batch, running = 0.8·0 + 0.2·batch mean
     assert BN_MOMENTUM == 0.2 and BN_EPS == 1e-2
     assert all(bn.momentum == 0.2 and bn.eps == 1e-2 and bn.affine for bn in bns)
     z = torch.rand(32, 16, generator=torch.Generator().manual_seed(2))
@@ -93,3 +94,32 @@ def test_decoder_data_mean_logit_bias():
     assert float(dec.x_bias[0]) == pytest.approx(math.log(1e-3 / 0.999), rel=1e-5)
     # with ζ = 0 and zero-initialised last-layer bias the logits are exactly the data-mean bias
     torch.testing.assert_close(dec(torch.zeros(2, 8)), dec.x_bias.expand(2, -1))
+
+
+@pytest.mark.parametrize("hidden", [0, 2])
+def test_shared_data_layer_equals_the_row_by_row_encoder(hidden):
+    # W·[x − x̄; ζ] + b as W_x·(x − x̄) + b once per point, repeated, plus W_ζ·ζ per row: the same
+    # function of x and ζ; in float64 one product split in two moves the result by rounding only
+    torch.manual_seed(0)  # network init draws from the global generator
+    enc = Encoder(3, 5, hidden, 16, heads=2, x_mean=x_mean()).double()
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(4, 784, generator=g) < 0.3).double()
+    k = 3
+    zetas = [torch.rand(12, 5, generator=g, dtype=torch.float64) for _ in range(2)]
+    rows = x.repeat_interleave(k, 0)
+    for group in range(3):
+        want = enc.group_output(group, rows, zetas[:group])
+        got = enc.group_output_shared(group, x, zetas[:group], k)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # k = 1 with no earlier group is the very same product
+    assert torch.equal(enc.group_output_shared(0, x, [], 1), enc.group_output(0, x, []))
+
+
+def test_decoder_folds_the_data_mean_bias_into_its_last_layer():
+    # logits = MLP(ζ) + logit(x̄): folding the constant into the last bias changes rounding only
+    torch.manual_seed(0)  # network init draws from the global generator
+    dec = Decoder(16, 2, 32, x_mean()).double()
+    with torch.no_grad():
+        dec.net[-1].bias.normal_()
+    z = torch.rand(7, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(dec(z), dec.net(z) + dec.x_bias, rtol=1e-12, atol=1e-12)

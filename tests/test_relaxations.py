@@ -1,4 +1,4 @@
-"""Smoothing families against independent references: densities written here from the spec in
+"""Smoothing families against independent references: densities written here from the papers in
 numpy, numerical integration and root finding with scipy, finite differences, KS tests."""
 
 import math
@@ -14,7 +14,7 @@ EPS_POW = 1e-7
 
 
 def ref_r0(name, beta, x):
-    """r(ζ|z=0) straight from the spec's formulas (numpy, float64)."""
+    """r(ζ|z=0) straight from the papers' formulas (numpy, float64)."""
     if name == "exp":
         return beta * np.exp(-beta * x) / (1 - np.exp(-beta))
     if name == "power":
@@ -107,7 +107,7 @@ def test_samples_follow_the_mixture_cdf(name, beta, dtype):
     assert zeta.dtype == dtype
     x = zeta.double().numpy()
     if name == "power":
-        # test the interior, where the floor changes nothing measurable (spec §1.3)
+        # test the interior, where the ε floor changes nothing measurable
         inner = (x > 1e-3) & (x < 1 - 1e-3)
         lo = ref_mixture_cdf(name, beta, q, 1e-3)
         hi = ref_mixture_cdf(name, beta, q, 1 - 1e-3)
@@ -178,7 +178,7 @@ def test_rsample_autograd_matches_finite_differences_of_the_inverted_cdf(name, b
     checked = 0
     for q, x, g in zip(qs, zeta.detach().numpy(), logits.grad.numpy()):
         if name == "power" and not (1e-3 < x < 1 - 1e-3):
-            continue  # inside the floor the floored CDF is not the sampler's (spec §1.3)
+            continue  # inside the ε floor the floored CDF is not the sampler's (ρ^β has no floor)
         rho = _ref_cdf_at(name, beta, q, x, exact)
         inv = lambda qq: _invert(name, beta, qq, rho, exact)  # noqa: E731
         assert inv(q) == pytest.approx(x, abs=1e-9)
@@ -208,7 +208,7 @@ def test_float32_draws_and_densities_are_finite(name, beta):
 
 
 def test_power_implicit_gradient_reference_value():
-    """Spec §10: β = 40, q = 0.3, ρ = 0.5 give ∂ζ/∂q = 8.16281e−05 (exact CDF)."""
+    """β = 40, q = 0.3, ρ = 0.5 give ∂ζ/∂q = 8.16281e−05 (exact CDF, an independently computed value)."""
     zeta = _invert("power", 40.0, 0.3, 0.5, exact=True)
     rel = relaxations.make("power", 40.0, exact_gradient=True)
     got = float(rel.implicit_dzeta_dq(torch.tensor(zeta, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)))
@@ -251,7 +251,7 @@ def test_log_ratio_bounds():
         rel = relaxations.make(name, beta)
         torch.testing.assert_close(rel.b(z), rel.log_r1(z) - rel.log_r0(z))
         torch.testing.assert_close(rel.c(z), rel.log_r0(z))
-        # b(ζ) = log r0(1 − ζ) − log r0(ζ) (pitfall 2): check against the reference density
+        # b(ζ) = log r0(1 − ζ) − log r0(ζ), not the reverse: check against the reference density
         ref = np.log(ref_r0(name, beta, 1 - z.numpy()[1:-1])) - np.log(ref_r0(name, beta, z.numpy()[1:-1]))
         np.testing.assert_allclose(rel.b(z[1:-1]).numpy(), ref, rtol=1e-6, atol=1e-6)
 
@@ -310,3 +310,61 @@ def test_unknown_family_and_bad_beta():
         relaxations.make("power", 3.0, exact_grad=True)
     with pytest.raises(ValueError, match="beta"):
         relaxations.make("gauss", True)
+
+
+def test_every_relaxation_declares_heads_learned_parameters_and_prior_density():
+    for name, beta in FAMILIES + [("spike_exp", 5.0)]:
+        rel = relaxations.make(name, beta)
+        assert (rel.heads, rel.unit_parameters, rel.prior_density) == (1, {}, "mean_field")
+        raw = torch.randn(3, 4)
+        assert rel.posterior_params(raw, {}) == (raw,)
+    gi = relaxations.make("gi", 30.0)
+    # the Gaussian integral: logits and shift logits per unit, a learned scale v starting at 1,
+    # the closed-form prior density, and β is the floor of that density's λ
+    assert (gi.heads, gi.unit_parameters, gi.prior_density) == (2, {"scale": 1.0}, "gaussian_integral")
+    assert gi.lambda_floor == 30.0 and gi.has_density and not gi.exact_log_q
+    raw = torch.randn(5, 6)
+    learned = {"scale": torch.full((3,), 0.5)}
+    logits, shift_logits, v = gi.posterior_params(raw, learned)
+    assert torch.equal(logits, raw[:, :3]) and torch.equal(shift_logits, raw[:, 3:])
+    assert v is learned["scale"]
+    # its smoothing kernel depends on the encoder: the fixed-kernel pieces say so, never guess
+    for piece in (gi.b, gi.c, gi.log_r0, gi.cdf1):
+        with pytest.raises(NotImplementedError, match="closed form"):
+            piece(torch.zeros(2))
+    with pytest.raises(ValueError, match="accepted:.*exact_log_q"):
+        relaxations.make("gi", 3.0, exact_gradient=True)
+    assert relaxations.make("gi", 3.0, exact_log_q=True).exact_log_q
+
+
+def test_gaussian_integral_contract_samples_and_density_match_the_mixture():
+    # through the contract (posterior_params → rsample/log_q) with q = 0.4, δμ = −0.15, s = 0.3
+    q, dmu, s = 0.4, -0.15, 0.3
+    gi = relaxations.make("gi", 10.0)
+    col = [math.log(q / (1 - q)), math.log((2 * dmu + 0.5) / (1 - 2 * dmu - 0.5))]
+    raw = torch.tensor([col] * 5000, dtype=torch.float64)
+    params = gi.posterior_params(raw, {"scale": torch.tensor([(s - 0.05) / 0.2], dtype=torch.float64)})
+    zeta = gi.rsample(*params, generator=torch.Generator().manual_seed(3))  # fixed seed: fixed KS
+    cdf = lambda t: (1 - q) * stats.norm.cdf(t, dmu, s) + q * stats.norm.cdf(t, 1 + dmu, s)  # noqa: E731
+    assert stats.kstest(zeta[:, 0].numpy(), cdf).pvalue > 1e-3
+    x = np.array([-0.3, 0.2, 0.9])
+    want = np.log((1 - q) * stats.norm.pdf(x, dmu, s) + q * stats.norm.pdf(x, 1 + dmu, s))
+    got = gi.log_q(torch.tensor(x).unsqueeze(1), *(p[:3] for p in params[:2]), params[2])
+    np.testing.assert_allclose(got[:, 0].numpy(), want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name, beta", FAMILIES)
+def test_b_and_c_in_one_pass_equal_b_and_c(name, beta):
+    # the mean field takes both from one evaluation of log r0(ζ): the same values, and the
+    # gradient to ζ of any combination equal to rounding
+    rel = relaxations.make(name, beta)
+    zeta = torch.rand(50, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    zeta = zeta.requires_grad_(True)
+    b, c = rel.b_and_c(zeta)
+    assert torch.equal(b, rel.b(zeta)) and torch.equal(c, rel.c(zeta))
+    weights = torch.linspace(-1, 1, 50, dtype=torch.float64)
+    got = torch.autograd.grad((weights * b + c).sum(), zeta)[0]
+    want = torch.autograd.grad((weights * rel.b(zeta) + rel.c(zeta)).sum(), zeta)[0]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(NotImplementedError, match="no density"):
+        relaxations.make("spike_exp", 5.0).b_and_c(zeta)

@@ -11,7 +11,7 @@ from topologies import TopologyError
 from topologies.embedding import cache_path
 
 
-# (name, n_left, n_right, couplers used) — sizes from ocean_notes §7 (independent counts)
+# (name, n_left, n_right, couplers used) — sizes counted independently of this code (from dwave.graphs by hand)
 NATIVE = [
     ("chimera_c4", 64, 64, 352),
     ("chimera_c16", 1024, 1024, 6016),
