@@ -82,7 +82,7 @@ class QPUPacker:
         due = any(m.recalibration_due for m in members)
         try:
             results = host.draw_tiled(models, list(num_samples), recalibrate=due)
-        except (ValueError, QPURangeError) as exc:  # refused before anything was sent
+        except (ValueError, QPURangeError) as exc:  # a model the QPU cannot take
             if len(members) > 1:
                 raise Unpackable(str(exc)) from exc
             raise
