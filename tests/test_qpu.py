@@ -691,25 +691,35 @@ def test_reads_dropped_by_discard_are_topped_up_with_more_calls():
 
 PACKED_CASES = {
     # three 5+5 models share C4's five copies (2, 2 and 1); the third at another β
-    "one size": [(5, 5, 1, 1.0), (5, 5, 2, 1.0), (5, 5, 3, 0.6)],
-    # three sizes placed side by side (every placement of each region, nearest first)
-    "mixed sizes": [(5, 5, 1, 1.0), (4, 3, 2, 1.0), (4, 3, 3, 0.6)],
+    "one size": ("chimera_c4", [(5, 5, 1, 1.0), (5, 5, 2, 1.0), (5, 5, 3, 0.6)]),
+    # three models of two sizes placed side by side (every placement of each region)
+    "mixed sizes": ("chimera_c4", [(5, 5, 1, 1.0), (4, 3, 2, 1.0), (4, 3, 3, 0.6)]),
+    # dense models with chains: Z2's five copies of the 5+5 embedding, as above
+    "embedded": ("zephyr_z2_embedded", [(5, 5, 1, 1.0), (5, 5, 2, 1.0), (5, 5, 3, 0.6)]),
 }
+
+
+def _packed_models(case):
+    topology, specs = PACKED_CASES[case]
+    topo = topologies.load(topology)
+    make = (lambda n_l, n_r, seed: _native_model(topology, n_l, n_r, seed=seed)) \
+        if topo.mode == "native" else \
+        (lambda n_l, n_r, seed: random_native_model(topo, n_l, n_r, seed=seed, scale=2.0))
+    return topology, [make(n_l, n_r, seed).with_beta(beta) for n_l, n_r, seed, beta in specs]
 
 
 @pytest.mark.parametrize("case", PACKED_CASES)
 def test_each_packed_model_samples_its_own_exact_distribution(case):
     # each model's samples against its own enumeration (the iid bound of the tile tests, with a
     # union bound over the models), and far from every other model's distribution of its size
-    models = [_native_model("chimera_c4", n_l, n_r, seed=seed).with_beta(beta)
-              for n_l, n_r, seed, beta in PACKED_CASES[case]]
-    child, sampler = _remote(tiles="auto", num_reads=10000)
+    topology, models = _packed_models(case)
+    sampler = _qpu(topology, beta_true=4.0, beta_eff=4.0, num_reads=10000)
     n = 6000
     results = sampler.draw_tiled(models, n)
-    assert child.submitted == 1 and sampler.calls == 1
+    assert sampler.calls == 1
     assert all(r.info["packed_models"] == 3 and r.info["num_qpu_calls"] == 1 for r in results)
     assert sum(r.info["qubits_used"] for r in results) == results[0].info["packed_qubits"]
-    if case == "one size":
+    if case != "mixed sizes":
         assert [r.info["tiles"] for r in results] == [2, 2, 1]
     bounds = []
     for model, (z, info) in zip(models, results):
