@@ -32,7 +32,10 @@ from samplers.qpu import estimate_access_time_us
 
 
 class InstantQPU(dimod.Sampler, dimod.Structured):
-    """Structured child returning raw spins immediately; records its own wall time."""
+    """Structured child returning raw spins immediately; records its own wall time, and in
+    `sent` (shared by all instances) the qubits and reads of every call."""
+
+    sent: list = []
 
     def __init__(self, topology):
         g = topologies.load(topology).graph()
@@ -50,6 +53,7 @@ class InstantQPU(dimod.Sampler, dimod.Structured):
 
     def sample(self, bqm, num_reads=1, **kwargs):
         start = time.perf_counter()
+        InstantQPU.sent.append((len(bqm), num_reads))
         # independent spins at the programmed fields (β = 5): cheap, and near enough to thermal
         # that the recalibration timing below solves a realistic pseudo-likelihood problem
         h = bqm.to_numpy_vectors()[0]

@@ -16,11 +16,21 @@ best of the repeats) beside the access time it buys.
     .venv/bin/python bench/qpu_throughput.py [--samples 1000] [--steps 1000000] [--out FILE]
 
 Prints and writes JSON (default bench/results/qpu_throughput.json).
+
+With `--packing`, it measures instead what packing QPU requests of several sessions buys: four
+sessions of one sampling service (its asyncio core, no Ray) with different Pegasus P16 native
+100+100 models draw together for a few steps, with packing off (one QPU call per session and
+step) and on (`QPUSampler.draw_tiled`: one call for all four), untiled and tiled. The child
+answers instantly and counts the calls it receives; access time is Ocean's timing model of
+those calls, beside the sum of the sessions' shares from their info.
+
+    .venv/bin/python bench/qpu_throughput.py --packing [--out bench/results/qpu_packing.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import platform
 import time
@@ -31,15 +41,17 @@ import torch
 import samplers
 import topologies
 from qpu_overhead import InstantQPU  # noqa: E402  (bench/ is the script's own folder)
-from samplers.qpu import tiling
+from samplers.qpu import estimate_access_time_us, tiling
 from samplers.qpu.timing import project
+from samplers.service.core import SamplingService, ServiceSpec
+from samplers.service.wire import encode_model
 
 CASES = [("pegasus_p16", 100, 100), ("pegasus_p16", 200, 200), ("zephyr_z12", 200, 200)]
 
 
-def _model(topology: str, n_l: int, n_r: int) -> samplers.BipartiteModel:
+def _model(topology: str, n_l: int, n_r: int, seed: int = 0) -> samplers.BipartiteModel:
     mask = topologies.load(topology).coupling_mask(n_l, n_r)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
     return samplers.BipartiteModel(r(n_l), r(n_r), r(n_l, n_r), mask)
 
@@ -90,13 +102,85 @@ def _case(topology: str, n_l: int, n_r: int, samples: int, steps: int, repeats: 
     return row
 
 
+PARAMS = {"annealing_time": 20, "programming_thermalization": 1000, "readout_thermalization": 0}
+
+
+async def _sessions_draw(spec: ServiceSpec, models: list, samples: int, steps: int) -> list:
+    """Every session draws `samples` of its model at each step, all at once: the replies' info."""
+    service = SamplingService(spec)
+    try:
+        ids = [(await service.open_session({"v": 1, "seed": i}))["session"]
+               for i in range(len(models))]
+        infos = []
+        for _ in range(steps):
+            replies = await asyncio.gather(*[
+                service.draw(sid, {"model": encode_model(m), "num_samples": samples})
+                for sid, m in zip(ids, models)])
+            assert all(r["ok"] for r in replies), replies
+            infos.append([r["info"] for r in replies])
+        return infos
+    finally:
+        await service.close()
+
+
+def _packing_case(topology: str, n: int, sessions: int, samples: int, steps: int, packing: bool,
+                  tiles) -> dict:
+    # different parameters and β per session; every call asks for the samples of one step
+    models = [_model(topology, n, n, seed=k).with_beta(1.0 + 0.1 * k) for k in range(sessions)]
+    spec = ServiceSpec("bench-qpu", "qpu", {"child_sampler": "qpu_overhead:InstantQPU",
+                                            "child_kwargs": {"topology": topology},
+                                            "beta_eff": 5.0, "tiles": tiles,
+                                            "num_reads": samples},
+                       topology=topology, packing=packing)
+    InstantQPU.sent.clear()
+    infos = asyncio.run(_sessions_draw(spec, models, samples, steps))
+    sent = list(InstantQPU.sent)
+    model_us = sum(estimate_access_time_us(topology, q, r, **PARAMS) for q, r in sent)
+    shares_us = sum(i["estimated_qpu_access_time_us"] for step in infos for i in step)
+    last = infos[-1]
+    return {"packing": packing, "tiles": tiles, "qpu_calls_per_step": len(sent) / steps,
+            "reads_per_step": sum(r for _, r in sent) / steps,
+            "qubits_per_call": sorted({q for q, _ in sent}),
+            "copies_per_session": [i["tiles"] for i in last],
+            "sessions_per_call": [i.get("packed_models", 1) for i in last],
+            "access_time_per_step_ms": model_us / steps / 1e3,
+            "sessions_shares_per_step_ms": shares_us / steps / 1e3,
+            "session_share_per_step_ms": [i["estimated_qpu_access_time_us"] / 1e3 for i in last],
+            "samples_per_access_second": sessions * samples * steps / (model_us / 1e6)}
+
+
+def packing_bench(out: Path, steps: int = 3) -> None:
+    rows = []
+    for samples in (1000, 100):
+        for packing, tiles in ((False, 1), (False, "auto"), (True, "auto")):
+            row = _packing_case("pegasus_p16", 100, 4, samples, steps, packing, tiles)
+            row["samples_per_session_step"] = samples
+            rows.append(row)
+            print(f"4 sessions x {samples} samples, P16 100+100, tiles {tiles}, packing "
+                  f"{'on ' if packing else 'off'}: {row['qpu_calls_per_step']:.0f} QPU calls, "
+                  f"{row['reads_per_step']:.0f} reads, {row['access_time_per_step_ms']:.1f} ms "
+                  f"of access per step (shares sum to {row['sessions_shares_per_step_ms']:.1f})",
+                  flush=True)
+    result = {"topology": "pegasus_p16", "rbm": [100, 100], "sessions": 4, "steps": steps,
+              "timing_model": "Advantage4.1 (dwave.cloud.testing.mocks), perfect chip",
+              "solver_parameters": PARAMS, "cases": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1000, help="prior samples per step")
     parser.add_argument("--steps", type=int, default=1_000_000, help="training steps projected")
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "qpu_throughput.json"))
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--packing", action="store_true",
+                        help="measure packing several sessions' requests into one QPU call")
     args = parser.parse_args()
+    results = Path(__file__).parent / "results"
+    if args.packing:
+        packing_bench(Path(args.out or results / "qpu_packing.json"))
+        return
     rows = [_case(*case, args.samples, args.steps, args.repeats) for case in CASES]
     result = {"samples_per_step": args.samples, "steps": args.steps,
               "timing_model": "Advantage4.1 (dwave.cloud.testing.mocks), perfect chip",
@@ -110,7 +194,7 @@ def main() -> None:
               f"{u['samples_per_access_second']:,.0f} -> {t['samples_per_access_second']:,.0f} "
               f"samples/s of QPU access (x{r['gain']:.2f}); 1M steps: "
               f"{u['projected_run_access_time_h']:.1f} h -> {t['projected_run_access_time_h']:.1f} h")
-    out = Path(args.out)
+    out = Path(args.out or results / "qpu_throughput.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 

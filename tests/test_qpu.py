@@ -685,3 +685,157 @@ def test_reads_dropped_by_discard_are_topped_up_with_more_calls():
     assert info["num_reads"] == 100 * info["num_qpu_calls"]  # what the QPU spent
     assert 100 <= info["num_samples_drawn"] < info["num_reads"]  # what survived 'discard'
     assert info["chain_break_fraction"] == 0.0
+
+
+# ---- several models in one call (draw_tiled) -------------------------------------------------
+
+PACKED_CASES = {
+    # three 5+5 models share C4's five copies (2, 2 and 1); the third at another β
+    "one size": ("chimera_c4", [(5, 5, 1, 1.0), (5, 5, 2, 1.0), (5, 5, 3, 0.6)]),
+    # three models of two sizes placed side by side (every placement of each region)
+    "mixed sizes": ("chimera_c4", [(5, 5, 1, 1.0), (4, 3, 2, 1.0), (4, 3, 3, 0.6)]),
+    # dense models with chains: Z2's five copies of the 5+5 embedding, as above
+    "embedded": ("zephyr_z2_embedded", [(5, 5, 1, 1.0), (5, 5, 2, 1.0), (5, 5, 3, 0.6)]),
+}
+
+
+def _packed_models(case):
+    topology, specs = PACKED_CASES[case]
+    topo = topologies.load(topology)
+    make = (lambda n_l, n_r, seed: _native_model(topology, n_l, n_r, seed=seed)) \
+        if topo.mode == "native" else \
+        (lambda n_l, n_r, seed: random_native_model(topo, n_l, n_r, seed=seed, scale=2.0))
+    return topology, [make(n_l, n_r, seed).with_beta(beta) for n_l, n_r, seed, beta in specs]
+
+
+@pytest.mark.parametrize("case", PACKED_CASES)
+def test_each_packed_model_samples_its_own_exact_distribution(case):
+    # each model's samples against its own enumeration (the iid bound of the tile tests, with a
+    # union bound over the models), and far from every other model's distribution of its size
+    topology, models = _packed_models(case)
+    sampler = _qpu(topology, beta_true=4.0, beta_eff=4.0, num_reads=10000)
+    n = 6000
+    results = sampler.draw_tiled(models, n)
+    assert sampler.calls == 1
+    assert all(r.info["packed_models"] == 3 and r.info["num_qpu_calls"] == 1 for r in results)
+    assert sum(r.info["qubits_used"] for r in results) == results[0].info["packed_qubits"]
+    if case != "mixed sizes":
+        assert [r.info["tiles"] for r in results] == [2, 2, 1]
+    bounds = []
+    for model, (z, info) in zip(models, results):
+        assert z.shape == (n, model.num_units) and info["beta"] == model.beta
+        states, p = _exact_distribution(model)
+        bounds.append(_tv_bound(p, n, 1e-4 / 3))
+        assert 0.5 * (_empirical(states, z) - p).abs().sum().item() < bounds[-1]
+    for s, t in itertools.permutations(range(3), 2):
+        if models[s].num_units == models[t].num_units:   # sensitivity: no model got another's
+            states, p_other = _exact_distribution(models[t])
+            assert 0.5 * (_empirical(states, results[s].samples) - p_other).abs().sum().item() \
+                > 1.5 * bounds[s]
+
+
+def test_packed_models_are_independent():
+    # two 2+1 models share C4's 16 copies, 8 each. In one read, copy i of model A and copy j of
+    # model B should be distributed as p_A ⊗ p_B (64 joint states); the joint's TV to it measures
+    # any dependence between the models (and any error of either), with the iid bound and a
+    # union bound over all 64 pairs
+    a = _native_model("chimera_c4", 2, 1, seed=3, scale=1.5)
+    b = _native_model("chimera_c4", 2, 1, seed=4, scale=1.5).with_beta(0.7)
+    _, sampler = _remote(tiles="auto", num_reads=10000)
+    reads = 8000
+    za, zb = (r.samples for r in sampler.draw_tiled([a, b], reads * 8))
+    weights = torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)
+    codes_a = (za.reshape(reads, 8, 3).double() @ weights).long()   # read after read, copy after copy
+    codes_b = (zb.reshape(reads, 8, 3).double() @ weights).long()
+    p_a, p_b = _exact_distribution(a)[1], _exact_distribution(b)[1]
+    pp = (p_a[:, None] * p_b[None, :]).reshape(-1)
+    bound = _tv_bound(pp, reads, 1e-4 / 64)
+
+    def joint_tv(x, y, target):
+        counts = torch.bincount(x * 8 + y, minlength=64).double()
+        return 0.5 * (counts / counts.sum() - target).abs().sum().item()
+
+    worst = max(joint_tv(codes_a[:, i], codes_b[:, j], pp) for i in range(8) for j in range(8))
+    assert worst < bound
+    # sensitivity: fully dependent copies (a copy paired with itself) are far outside the bound
+    pp_a = (p_a[:, None] * p_a[None, :]).reshape(-1)
+    assert joint_tv(codes_a[:, 0], codes_a[:, 0], pp_a) > 3 * bound
+
+
+def test_a_packed_call_splits_its_access_time_by_qubits():
+    from samplers.qpu import estimate_access_time_us
+
+    models = [_native_model("pegasus_p4", 5, 5, seed=1), _native_model("pegasus_p4", 3, 3, seed=2),
+              _native_model("pegasus_p4", 3, 3, seed=3)]
+    sampler = _qpu("pegasus_p4", beta_eff=4.0, num_reads=100)
+    results = sampler.draw_tiled(models, [250, 100, 100])
+    infos = [r.info for r in results]
+    calls, reads = infos[0]["num_qpu_calls"], infos[0]["num_reads"]
+    total = infos[0]["packed_qubits"]
+    assert all(i["num_qpu_calls"] == calls and i["num_reads"] == reads for i in infos)
+    for info in infos:
+        assert info["qpu_access_time_share"] == pytest.approx(info["qubits_used"] / total)
+        assert info["qubits_used"] == info["tiles"] * (10 if info is infos[0] else 6)
+    # the shares add up to the calls' total: reported (the mock's fixed 8550.28 µs per call)
+    assert sum(i["qpu_access_time_us"] for i in infos) == pytest.approx(calls * 8550.28)
+    assert infos[0]["call_qpu_access_time_us"] == pytest.approx(calls * 8550.28)
+    # and estimated: Ocean's timing model of the same calls, on all the programmed qubits
+    params = {"annealing_time": 20, "programming_thermalization": 1000, "readout_thermalization": 0}
+    per_call = estimate_access_time_us("pegasus_p4", total, reads // calls, **params)
+    assert sum(i["estimated_qpu_access_time_us"] for i in infos) == pytest.approx(calls * per_call)
+    assert reads % calls == 0 and [r.samples.shape[0] for r in results] == [250, 100, 100]
+
+
+def test_a_tiled_draw_of_one_model_is_a_draw():
+    model = _native_model("chimera_c4", 5, 5, seed=1)
+    single = _qpu(beta_eff=4.0, num_reads=100).draw(model, 250)
+    tiled, = _qpu(beta_eff=4.0, num_reads=100).draw_tiled([model], 250)
+    assert torch.equal(single.samples, tiled.samples)
+    shared = set(single.info) - {"time_s", "timing"}
+    assert {k: tiled.info[k] for k in shared} == {k: single.info[k] for k in shared}
+    assert tiled.info["qpu_access_time_share"] == 1.0
+
+
+def test_models_that_do_not_fit_together_go_into_separate_calls():
+    # two 40+40 regions cannot share C4's 128 qubits; with tiles: 2, three models of three
+    # sizes take two calls (two copies in the first, the third model alone in the second)
+    big = [_native_model("chimera_c4", 40, 40, seed=s, scale=0.1) for s in (1, 2)]
+    child, sampler = _remote(tiles="auto", num_reads=20)
+    results = sampler.draw_tiled(big, 20)
+    assert child.submitted == 2 and [r.info["packed_models"] for r in results] == [1, 1]
+    small = [_native_model("chimera_c4", n, n, seed=n) for n in (5, 4, 3)]
+    child, sampler = _remote(tiles=2, num_reads=20)
+    infos = [r.info for r in sampler.draw_tiled(small, 20)]
+    assert child.submitted == 2 and [i["packed_models"] for i in infos] == [2, 2, 1]
+    assert [i["tiles"] for i in infos] == [1, 1, 2] and sampler.calls == 1
+
+
+def test_a_model_out_of_range_is_named_and_nothing_is_sent():
+    good = _native_model("chimera_c4", 4, 4, seed=1)
+    bad = _native_model("chimera_c4", 4, 4, seed=2, scale=100.0)
+    child, sampler = _remote(beta_eff=1.0)
+    before = sampler.state_dict()
+    with pytest.raises(QPURangeError, match="model 1 of the tiled draw: programmed"):
+        sampler.draw_tiled([good, bad], 10)
+    assert child.submitted == 0 and sampler.state_dict() == before
+    child, sampler = _remote(beta_eff=1.0, range_policy="clip")
+    infos = [r.info for r in sampler.draw_tiled([good, bad], 10)]
+    assert infos[0]["clipped_fraction"] == 0.0 < infos[1]["clipped_fraction"]
+    with pytest.raises(ValueError, match="2 sample counts for 1 models"):
+        sampler.draw_tiled([good], [10, 10])
+
+
+def test_a_tiled_draw_is_one_call_of_its_sampler_and_followers_take_it():
+    # the thermal mock samples at β 5; from a guess of 2.5 a due recalibration measures β_eff
+    # once, from the whole packed call, and a follower takes the call and the measurement
+    models = [_native_model("chimera_c4", 4, 4, seed=s, scale=0.5) for s in (1, 2)]
+    host = _qpu(beta_true=5.0, beta_eff=2.5, num_reads=1000, recalibrate_every=2)
+    follower = _qpu(beta_true=5.0, beta_eff=2.5, recalibrate_every=2)
+    assert not host.recalibration_due
+    infos = [r.info for r in host.draw_tiled(models, 1000, recalibrate=True)]
+    assert host.calls == 1 and all(i["recalibrated"] and i["beta_eff"] == 2.5 for i in infos)
+    assert abs(host.beta_eff - 5.0) < 0.5 and host.recalibration_due
+    follower.follow(host)
+    assert follower.calls == 1 and follower.beta_eff == host.beta_eff
+    assert follower.measure_beta_eff(num_bootstrap=0).beta == pytest.approx(
+        host.measure_beta_eff(num_bootstrap=0).beta)

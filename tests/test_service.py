@@ -37,6 +37,7 @@ from samplers.service.wire import (
     encode_tree,
     message_bytes,
 )
+from test_qpu import _empirical, _exact_distribution, _native_model, _tv_bound
 from test_samplers import brute_force, empirical, rbm, tv_bound
 
 REPO = Path(__file__).resolve().parents[1]
@@ -356,6 +357,141 @@ def test_beta_eff_is_shared_by_the_sessions_of_one_solver():
     assert second["info"]["beta_eff"] == pytest.approx(measured)
     assert list(status["beta_eff"].values()) == [pytest.approx(measured)]
     assert second["info"]["service_qpu_access_time_us"] > 0
+
+
+# ---- QPU packing: several sessions' models in one QPU call ----------------------------------
+
+QPU_CALLS: list[int] = []   # the size of every problem the test's QPU children were sent
+
+
+def counted_mock(**kwargs):
+    """`thermal_mock` that records every call it receives in QPU_CALLS (the child factory of
+    the QPU service tests, named 'test_service:counted_mock')."""
+    from samplers.testing import thermal_mock
+
+    child = thermal_mock(**kwargs)
+    sample = child.sample
+
+    def counted(bqm, **parameters):
+        QPU_CALLS.append(len(bqm))
+        return sample(bqm, **parameters)
+
+    child.sample = counted
+    return child
+
+
+def _qpu_spec(packing: bool, num_reads: int, beta_true: float = 4.0, **options) -> ServiceSpec:
+    """A QPU service on a thermal mock at `beta_true`; `num_reads`: samples per call."""
+    QPU_CALLS.clear()
+    options = {"child_sampler": "test_service:counted_mock",
+               "child_kwargs": {"topology": "chimera_c4", "beta": beta_true, "num_sweeps": 100,
+                                "seed": 0},
+               "beta_eff": 4.0, "num_reads": num_reads, **options}
+    return ServiceSpec("qpu", "qpu", options, topology="chimera_c4", packing=packing)
+
+
+async def _rounds(service, ids, models, n, rounds):
+    """`rounds` rounds of concurrent draws, one per session: (samples, infos) per session."""
+    out = [([], []) for _ in ids]
+    for _ in range(rounds):
+        replies = await asyncio.gather(*[service.draw(sid, _draw_request(m, n))
+                                         for sid, m in zip(ids, models)])
+        for (samples, infos), reply in zip(out, replies):
+            assert reply["ok"], reply
+            samples.append(decode_samples(reply["samples"]))
+            infos.append(reply["info"])
+    return [(torch.cat(samples), infos) for samples, infos in out]
+
+
+def test_qpu_sessions_are_packed_into_one_call_and_get_their_own_samples():
+    """Two sessions with different models (one at another β) drawing together: one QPU call per
+    round carries both, each session's samples pass the exact-distribution test of its own model
+    (and fail against the other's), and the call's access time is split between them."""
+    models = [_native_model("chimera_c4", 5, 5, seed=1),
+              _native_model("chimera_c4", 5, 5, seed=2).with_beta(0.6)]
+
+    async def body(service):
+        ids = [await _open(service, seed=i) for i in range(2)]
+        return await _rounds(service, ids, models, 2000, 3), await service.status()
+
+    results, status = _run(_with_service(_qpu_spec(packing=True, num_reads=2000), body))
+    assert QPU_CALLS == [50, 50, 50]   # three calls, each on all five 5+5 copies of C4
+    assert status["counters"]["packed_calls"] == 3 and status["counters"]["device_calls"] == 3
+    for a, b in zip(results[0][1], results[1][1]):
+        assert a["service_packed_with"] == b["service_packed_with"] == 2
+        assert a["packed_models"] == 2 and a["num_qpu_calls"] == 1 and (a["tiles"], b["tiles"]) == (3, 2)
+        assert a["service_qpu_access_time_us"] + b["service_qpu_access_time_us"] == pytest.approx(
+            a["call_qpu_access_time_us"]) and a["call_qpu_access_time_us"] > 0
+    bounds = []
+    for model, (z, _) in zip(models, results):
+        states, p = _exact_distribution(model)
+        bounds.append(_tv_bound(p, len(z), 1e-4 / 2))  # iid bound, union over the two sessions
+        assert len(z) == 6000 and 0.5 * (_empirical(states, z) - p).abs().sum().item() < bounds[-1]
+    for s, t in ((0, 1), (1, 0)):   # sensitivity: no session got the other's samples
+        states, p_other = _exact_distribution(models[t])
+        assert 0.5 * (_empirical(states, results[s][0]) - p_other).abs().sum().item() > 1.5 * bounds[s]
+
+
+def test_unpacked_qpu_service_equals_separate_samplers():
+    """Packing off: each QPU session is its own local sampler, bit for bit, one call per draw."""
+    models = [_native_model("chimera_c4", 5, 5, seed=1), _native_model("chimera_c4", 4, 4, seed=2)]
+    spec = _qpu_spec(packing=False, num_reads=500)
+    local = [samplers.get("qpu", run={"seed": i, "topology": "chimera_c4"}, **spec.options)
+             for i in range(2)]
+    want = [[s.sample(m, 500) for _ in range(2)] for s, m in zip(local, models)]
+    QPU_CALLS.clear()
+
+    async def body(service):
+        ids = [await _open(service, seed=i) for i in range(2)]
+        return await _rounds(service, ids, models, 500, 2)
+
+    results = _run(_with_service(spec, body))
+    for (z, infos), w in zip(results, want):
+        assert torch.equal(z, torch.cat(w)) and all(i["service_packed_with"] == 1 for i in infos)
+    assert len(QPU_CALLS) == 4
+
+
+def test_packed_qpu_sessions_share_one_beta_eff_measurement():
+    """The QPU samples at β 5; sessions start from a guess of 2.5 and re-measure every call. A
+    packed call measures once, from all its copies; both sessions take the value, and the next
+    call programs both with it."""
+    models = [_native_model("chimera_c4", 8, 8, seed=s, scale=0.5) for s in (1, 2)]
+    spec = _qpu_spec(packing=True, num_reads=1000, beta_true=5.0, beta_eff=2.5, recalibrate_every=1)
+
+    async def body(service):
+        ids = [await _open(service, seed=i) for i in range(2)]
+        results = await _rounds(service, ids, models, 1000, 2)
+        states = [decode_tree((await service.get_state(sid))["state"]["state"]) for sid in ids]
+        return results, states, await service.status()
+
+    results, states, status = _run(_with_service(spec, body))
+    (_, (a1, a2)), (_, (b1, b2)) = results
+    assert len(QPU_CALLS) == 2 and a1["service_packed_with"] == 2
+    measured = a1["beta_eff_measured"]
+    assert a1["recalibrated"] and b1["beta_eff_measured"] == measured and abs(measured - 5.0) < 0.5
+    assert a2["beta_eff"] == b2["beta_eff"] == pytest.approx(measured)
+    assert states[0]["calls"] == states[1]["calls"] == 2
+    assert states[0]["beta_eff_history"] == states[1]["beta_eff_history"] == [
+        2.5, pytest.approx(measured), pytest.approx(a2["beta_eff_measured"])]
+    assert list(status["beta_eff"].values()) == [pytest.approx(a2["beta_eff_measured"])]
+
+
+def test_a_model_the_qpu_refuses_is_refused_alone():
+    """A session whose model is out of the QPU's range fails on its own; the packed call it
+    would have joined runs without it."""
+    good = _native_model("chimera_c4", 4, 4, seed=1)
+    bad = _native_model("chimera_c4", 4, 4, seed=2, scale=100.0)
+
+    async def body(service):
+        ids = [await _open(service, seed=i) for i in range(2)]
+        replies = await asyncio.gather(service.draw(ids[0], _draw_request(good, 100)),
+                                       service.draw(ids[1], _draw_request(bad, 100)))
+        return replies, await service.status()
+
+    (ok, refused), status = _run(_with_service(_qpu_spec(packing=True, num_reads=100), body))
+    assert ok["ok"] and decode_samples(ok["samples"]).shape == (100, 8)
+    assert refused["error"] == "failure" and "QPURangeError" in refused["message"]
+    assert len(QPU_CALLS) == 1 and status["counters"]["packed_calls"] == 0
 
 
 # ---- without Ray installed ------------------------------------------------------------------

@@ -11,6 +11,7 @@ One job per module:
 * `range_guard`: `RangeGuardComposite`, the h/J range check (or clip) in front of the child;
 * `plan`: which qubits carry the model, and its Ising problem scaled by 1/β_eff, from arrays;
 * `tiling`: disjoint copies of the problem per call;
+* `packing`: several models on the copies of one call (`QPUSampler.draw_tiled`);
 * `calls`: QPU calls in flight and their retries;
 * `draws`: a draw's calls, and `PendingDraw` (`QPUSampler.submit`);
 * `timing`: the calls' schedule, solver-reported access time, and Ocean's timing model;

@@ -83,9 +83,10 @@ def account(acc: dict, info: dict, retries: int, reads: int, returned: int) -> N
     acc["clipped_fraction"] = max(acc["clipped_fraction"], float(info.get("clipped_fraction", 0.0)))
 
 
-def collect(job: Job, flight: Flight, retry: Retry, qubits_available: int) -> Collected:
+def gather(job: Job, flight: Flight, retry: Retry, qubits_available: int):
     """Wait for the job's calls in order; top up with more calls if answers came short
-    (chain_break_method 'discard' drops reads)."""
+    (chain_break_method 'discard' drops reads). (reads, per-call chain-break fractions, the
+    problem as the range guard sent it, the accounts)."""
     plan, wanted = job.plan, job.num_samples
     acc = accounts(plan, qubits_available)
     reads, breaks, programmed = [], [], None
@@ -105,7 +106,13 @@ def collect(job: Job, flight: Flight, retry: Retry, qubits_available: int) -> Co
         programmed = answer.info.get("programmed_bqm", programmed)
         account(acc, answer.info, call.retries, call.parameters["num_reads"], len(spins))
         done += 1
-    return _assemble(job, np.concatenate(reads), breaks, programmed, acc)
+    acc["qpu_access_time_us"] = acc["timing"].get("qpu_access_time")
+    return np.concatenate(reads), breaks, programmed, acc
+
+
+def collect(job: Job, flight: Flight, retry: Retry, qubits_available: int) -> Collected:
+    """The job's samples and facts, once its calls are answered (`gather`)."""
+    return _assemble(job, *gather(job, flight, retry, qubits_available))
 
 
 def _assemble(job: Job, reads: np.ndarray, breaks: list, programmed, acc: dict) -> Collected:
@@ -113,7 +120,6 @@ def _assemble(job: Job, reads: np.ndarray, breaks: list, programmed, acc: dict) 
     read_breaks = np.concatenate(breaks) if plan.embedded else None
     samples, sample_breaks = plans.per_tile(reads, read_breaks, plan)
     cbf = float(sample_breaks[:wanted].mean()) if plan.embedded else 0.0
-    acc["qpu_access_time_us"] = acc["timing"].get("qpu_access_time")
     return Collected(samples=samples[:wanted], reads=reads[:-(-wanted // plan.tiles)],
                      programmed=programmed, chain_break_fraction=cbf, info=acc)
 

@@ -46,6 +46,7 @@ class Plan:
     sampler: object              # the range guard, or FixedEmbeddingComposite around it
     embedded: bool
     copies: list = None          # per copy: its qubits (native: one per unit, in unit order)
+    num_left: int = 0            # left units of the RBM
     verified_mask: tuple | None = None  # (tensor identity, version) of a mask already checked
 
     @property
@@ -53,7 +54,7 @@ class Plan:
         return np.asarray(self.labels, dtype=np.int64)
 
 
-def _working_graph(solver) -> tuple[set, set]:
+def working_graph(solver) -> tuple[set, set]:
     return set(solver.nodelist), {frozenset(e) for e in solver.edgelist}
 
 
@@ -73,7 +74,7 @@ def native_plan(topology, num_left: int, num_right: int, guard, tiles="auto") ->
     left, right, mask = topology.native_rbm(num_left, num_right)
     region = left + right
     rows, cols = np.nonzero(mask.numpy())
-    working = _working_graph(guard)
+    working = working_graph(guard)
     couplers = [(region[i], region[num_left + j]) for i, j in zip(rows, cols)]
     require_on_solver(topology, working, set(region), couplers)
     usable = [c for c in tiling.native_tiles(topology, num_left, num_right)
@@ -82,13 +83,13 @@ def native_plan(topology, num_left: int, num_right: int, guard, tiles="auto") ->
     labels = np.concatenate(chosen).tolist()
     return Plan(region=region, labels=labels, tiles=len(chosen), rows=rows, cols=cols,
                 mask=mask.numpy() != 0, num_qubits=len(labels), sampler=guard, embedded=False,
-                copies=[c.tolist() for c in chosen])
+                copies=[c.tolist() for c in chosen], num_left=num_left)
 
 
 def embedded_plan(topology, num_left: int, num_right: int, guard, tiles="auto") -> Plan:
     from dwave.system import FixedEmbeddingComposite
 
-    working = _working_graph(guard)
+    working = working_graph(guard)
     copies = tiling.embedded_tiles(topology, num_left, num_right)
     require_on_solver(topology, working, {q for c in copies[0].values() for q in c}, [])
     graph = topology.graph()
@@ -107,7 +108,7 @@ def embedded_plan(topology, num_left: int, num_right: int, guard, tiles="auto") 
                 tiles=len(chosen), rows=rows, cols=cols, mask=None,
                 num_qubits=sum(len(c) for c in union.values()),
                 sampler=FixedEmbeddingComposite(guard, union), embedded=True,
-                copies=[[q for u in sorted(c) for q in c[u]] for c in chosen])
+                copies=[[q for u in sorted(c) for q in c[u]] for c in chosen], num_left=num_left)
 
 
 def require_on_solver(topology, working: tuple[set, set], qubits: set, couplers: list) -> None:

@@ -17,7 +17,9 @@ of each J over inter-chain couplers are the same on every copy.
 
 Copies are packed greedily, nearest offsets first, starting with the problem itself (copy 0, the
 prior's own region or embedding). The layout depends only on the topology file; a solver lacking
-some qubit or coupler loses exactly the copies that use it (`on_solver`).
+some qubit or coupler loses exactly the copies that use it (`on_solver`). Regions of several
+sizes placed side by side in one call (`packing`) choose among all of a region's placements,
+overlapping or not (`native_candidates`).
 """
 
 from __future__ import annotations
@@ -72,13 +74,15 @@ def _induced_edges(graph, qubits) -> int:
     return sum(1 for q in chosen for v in graph.adj[q] if v in chosen) // 2
 
 
-def pack(topology, qubits: np.ndarray, pairs: np.ndarray, exact: bool = False) -> list[np.ndarray]:
-    """Disjoint copies of `qubits` (copy 0 is `qubits` itself) whose `pairs` (index pairs into
-    `qubits`) all land on couplers; with `exact`, copies of the induced subgraph exactly."""
+def _copies(topology, qubits: np.ndarray, pairs: np.ndarray, exact: bool,
+            disjoint: bool) -> list[np.ndarray]:
+    """Images of `qubits` under the layout's translations, nearest first, whose `pairs` (index
+    pairs into `qubits`) all land on couplers (with `exact`: copies of the induced subgraph
+    exactly); with `disjoint`, each one kept only if it avoids the qubits of those kept before."""
     graph = topology.graph()
     nodes = graph.nodes
     wanted = _induced_edges(graph, qubits) if exact else None
-    tiles, used = [], set()
+    found, used = [], set()
     for mapping in _mappings(topology, graph):
         image = _image(mapping, qubits, nodes, used)
         if image is None or len(set(image)) < len(image):
@@ -87,8 +91,16 @@ def pack(topology, qubits: np.ndarray, pairs: np.ndarray, exact: bool = False) -
             continue
         if exact and _induced_edges(graph, image) != wanted:
             continue
-        tiles.append(np.asarray(image, dtype=np.int64))
-        used.update(image)
+        found.append(np.asarray(image, dtype=np.int64))
+        if disjoint:
+            used.update(image)
+    return found
+
+
+def pack(topology, qubits: np.ndarray, pairs: np.ndarray, exact: bool = False) -> list[np.ndarray]:
+    """Disjoint copies of `qubits` (copy 0 is `qubits` itself) whose `pairs` (index pairs into
+    `qubits`) all land on couplers; with `exact`, copies of the induced subgraph exactly."""
+    tiles = _copies(topology, qubits, pairs, exact, disjoint=True)
     if not tiles or not np.array_equal(tiles[0], qubits):
         raise AssertionError("the identity offset must come first and fit")  # a bug, not input
     return tiles
@@ -107,6 +119,20 @@ def native_tiles(topology, num_left: int, num_right: int) -> tuple[np.ndarray, .
         rows, cols = np.nonzero(mask.numpy())
         pairs = np.stack([rows, cols + len(left)], axis=1)
         _CACHE[key] = tuple(pack(topology, np.asarray(left + right, dtype=np.int64), pairs))
+    return _CACHE[key]
+
+
+def native_candidates(topology, num_left: int, num_right: int) -> tuple[np.ndarray, ...]:
+    """Every copy of the native RBM region the layout offers, nearest first, overlapping or
+    not: what regions of several sizes placed side by side choose from (`samplers.qpu.packing`).
+    Copies in the region's unit order; the first is the region itself."""
+    key = _key(topology, "candidates", num_left, num_right)
+    if key not in _CACHE:
+        left, right, mask = topology.native_rbm(num_left, num_right)
+        rows, cols = np.nonzero(mask.numpy())
+        pairs = np.stack([rows, cols + len(left)], axis=1)
+        region = np.asarray(left + right, dtype=np.int64)
+        _CACHE[key] = tuple(_copies(topology, region, pairs, exact=False, disjoint=False))
     return _CACHE[key]
 
 

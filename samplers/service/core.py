@@ -26,7 +26,7 @@ from samplers.base import TemperatureScaled
 from samplers.model import BipartiteModel
 from samplers.service.accounting import Usage, charge, info_share
 from samplers.service.errors import BadRequest, one_line
-from samplers.service.packing import PACKED, plan
+from samplers.service.packing import PACKED, Unpackable, plan
 from samplers.service.session import Session, build_sampler, new_id
 from samplers.service.wire import (
     WIRE_VERSION,
@@ -273,14 +273,13 @@ class SamplingService:
                 self._wake.set()
 
     def _execute(self, packer, group: list[_Request]) -> list[dict]:
-        """One device call for a group (worker thread): replies in the group's order."""
+        """One device call for a group (worker thread): replies in the group's order. A group
+        its packer cannot run together (`Unpackable`) runs one request at a time instead."""
         start = time.perf_counter()
         try:
-            if packer is None:
-                results = [self._draw_alone(group[0])]
-            else:
-                results = packer.run([i.session.sampler for i in group], [i.model for i in group],
-                                     [i.num_samples for i in group])
+            results = self._run_group(packer, group)
+        except Unpackable:
+            return [self._execute(None, [item])[0] for item in group]
         except ValueError as exc:  # the sampler refused this model (e.g. not on its chip)
             return [self._refuse("bad_request", exc)] * len(group)
         except Exception as exc:
@@ -300,18 +299,33 @@ class SamplingService:
         info = {"time_s": share, **plain_info(info), **info_share(usage, item.session.usage, packed)}
         return self._ok(samples=encode_samples(z), info=info)
 
-    def _draw_alone(self, item: _Request):
-        """The session's own `draw`; a temperature-scaled sampler (a QPU) first takes the
-        β_eff its solver is known to have, and afterwards shares what it measured."""
-        sampler = item.session.sampler
-        scaled = isinstance(sampler, TemperatureScaled)
-        solver = repr(sampler.options.get("solver")) if scaled else None
-        if scaled and solver in self.beta_eff and sampler.beta_eff != self.beta_eff[solver]:
-            sampler.set_beta_eff(self.beta_eff[solver])
-        z, info = sampler.draw(item.model, item.num_samples)
-        if scaled:
-            self.beta_eff[solver] = float(sampler.beta_eff)
-        return z, info
+    def _run_group(self, packer, group: list[_Request]) -> list:
+        """(samples, info) per request: the packer's one call, or the session's own `draw`.
+        Temperature-scaled samplers (a QPU) first take the β_eff their solver is known to
+        have, and afterwards the solver has the first member's: the one that made the call,
+        which re-measured it if due, and whose β_eff the others took (`QPUSampler.follow`)."""
+        members = [item.session.sampler for item in group]
+        solver = self._take_beta_eff(members)
+        if packer is None:
+            item = group[0]
+            results = [members[0].draw(item.model, item.num_samples)]
+        else:
+            results = packer.run(members, [i.model for i in group], [i.num_samples for i in group])
+        if solver is not None:
+            self.beta_eff[solver] = float(members[0].beta_eff)
+        return results
+
+    def _take_beta_eff(self, members: list) -> str | None:
+        """The members' solver (None for samplers without a temperature scaling), after
+        setting each member's β_eff to the solver's if it is known."""
+        if not all(isinstance(m, TemperatureScaled) for m in members):
+            return None
+        solver = repr(members[0].options.get("solver"))  # one solver: members of a group share it
+        known = self.beta_eff.get(solver)
+        for member in members:
+            if known is not None and member.beta_eff != known:
+                member.set_beta_eff(known)
+        return solver
 
     # ---- status ----------------------------------------------------------------------------
     async def status(self) -> dict:

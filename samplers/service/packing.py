@@ -7,11 +7,12 @@ its session's own `draw`.
 
 `PACKED` names, per sampler, the implementation a session gets when packing is on, so that its
 requests are packable at all: `gibbs` sessions get `PackedGibbsSampler` (the same options,
-semantics and state format, driven by a batched kernel).
+semantics and state format, driven by a batched kernel). `qpu` sessions keep `QPUSampler`,
+whose `draw_tiled` programs several models on disjoint copies of the chip in one call.
 
-A QPU packer plugs in here the same way: its key is the solver, and its `run` places the
-sessions' RBMs on disjoint regions of the chip (tiling), submits one problem, and splits the
-answer and the QPU access time between the sessions.
+A packer raises `Unpackable` when a group cannot run as one call for a reason that belongs to
+one of its requests (a model the solver cannot take, found before anything was sent); the
+service then runs the group's requests one at a time, so only that request is refused.
 """
 
 from __future__ import annotations
@@ -53,7 +54,44 @@ class GibbsPacker:
         return draw_packed(members, models, num_samples[0])
 
 
-PACKERS: list[Packer] = [GibbsPacker()]
+class Unpackable(Exception):
+    """This group cannot share one call; run its requests one at a time."""
+
+
+# options that may differ between QPU sessions packed together: the seed (their own generator,
+# used only for calibration's bootstrap) and β_eff (the solver's is shared, see core.py)
+QPU_OWN_OPTIONS = ("seed", "beta_eff")
+
+
+class QPUPacker:
+    """Packs QPU sessions whose samplers have the same options apart from `QPU_OWN_OPTIONS`
+    (hence the same solver, topology, schedule, range policy and calibration settings) into
+    one `QPUSampler.draw_tiled` call made by the first session's sampler (the host)."""
+
+    def key(self, sampler, model, num_samples):
+        if getattr(sampler, "name", None) != "qpu" or not hasattr(sampler, "draw_tiled"):
+            return None
+        shared = sorted((k, v) for k, v in sampler.options.items() if k not in QPU_OWN_OPTIONS)
+        return ("qpu", repr(shared))
+
+    def run(self, members, models, num_samples):
+        from samplers.qpu import QPURangeError
+
+        host = members[0]
+        # one measurement serves every session of the solver: re-measure if any is due
+        due = any(m.recalibration_due for m in members)
+        try:
+            results = host.draw_tiled(models, list(num_samples), recalibrate=due)
+        except (ValueError, QPURangeError) as exc:  # a model the QPU cannot take
+            if len(members) > 1:
+                raise Unpackable(str(exc)) from exc
+            raise
+        for member in members[1:]:
+            member.follow(host)
+        return [tuple(r) for r in results]
+
+
+PACKERS: list[Packer] = [GibbsPacker(), QPUPacker()]
 
 
 def plan(items: list, packing: bool) -> list[tuple[Packer | None, list]]:
