@@ -108,6 +108,11 @@ def _print_results(results: dict, run_dir: Path) -> None:
     if valid is not None:
         parts.append(f"valid NLL {valid:.2f}")
     parts.append(f"log Z {results['log_z']:.3f} ± {results['log_z_stderr']:.3f} (AIS)")
+    if results.get("log_z_inverted"):
+        parts.append("log Z bracket INVERTED (reverse AIS below AIS): no NLL interval claimed")
+    elif results.get("test_nll_interval"):
+        low, high = results["test_nll_interval"]
+        parts.append(f"test NLL in [{low:.2f}, {high:.2f}] by the log Z bracket")
     print(f"{results['dataset_variant']} {results['structure']} {results['method']} "
           f"K={results['k']}: " + ", ".join(parts))
     print(f"run directory: {run_dir}")
@@ -149,9 +154,13 @@ def _cmd_eval(args) -> int:
     line = (f"{args.split} NLL {record['nll']:.3f} nats (K_eval={args.iw_samples}, "
             f"{record['num_points']} points, step {record['step']}), "
             f"log Z {record['log_z_ais']:.3f} ± {record['log_z_ais_stderr']:.3f} (AIS)")
-    if record["log_z_raise"] is not None:
-        line += (f", RAISE {record['log_z_raise']:.3f} ± {record['log_z_raise_stderr']:.3f} "
-                 f"→ NLL ≤ {record['nll_with_raise_log_z']:.3f}")
+    if record["nll_interval"] is not None:
+        low, high = record["nll_interval"]
+        line += (f", RAISE {record['log_z_raise']:.3f} ± {record['log_z_raise_stderr']:.3f}; "
+                 f"NLL in [{low:.3f}, {high:.3f}] (log Z from AIS − 3 se to RAISE + 3 se)")
+    elif record["bracket_inverted"]:
+        line += (f"; RAISE {record['log_z_raise']:.3f} ± {record['log_z_raise_stderr']:.3f} is "
+                 "BELOW AIS beyond their errors: the bracket is inverted and no bound is claimed")
     print(line)
     return 0
 

@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import torch
 
+from dvae_q.progress import NULL, as_progress
+
 MAX_ROWS = 20_000  # rows per forward pass: bounds memory whatever batch × chunk is asked
 
 
@@ -23,7 +25,7 @@ class EvalResult(NamedTuple):
     num_samples: int
 
 
-def _chunks(model, x, num_samples, sample_chunk, generator):
+def _chunks(model, x, num_samples, sample_chunk, generator, progress=NULL):
     """Both log-weight kinds of `discrete_log_weights`, (B, num_samples) each, without log Z."""
     was_training = model.training
     model.eval()  # the test model uses BatchNorm's moving averages, not batch statistics
@@ -39,6 +41,7 @@ def _chunks(model, x, num_samples, sample_chunk, generator):
             a, b = model.discrete_log_weights(rows, generator=generator)
             ell.append(a.view(x.shape[0], s))
             ell_h.append(b.view(x.shape[0], s))
+            progress.update(x.shape[0] * s)
     finally:
         model.train(was_training)
     return torch.cat(ell, 1), torch.cat(ell_h, 1)
@@ -55,20 +58,23 @@ def log_weights(model, x: torch.Tensor, num_samples: int, log_z: float,
 @torch.no_grad()
 def evaluate_nll(model, data: torch.Tensor, log_z: float, num_samples: int = 100,
                  batch_size: int = 1000, sample_chunk: int = 100,
-                 generator: torch.Generator | None = None) -> EvalResult:
+                 generator: torch.Generator | None = None, progress=None) -> EvalResult:
     """Mean NLL and ELBO (nats) of `data` (N, 784) in {0, 1} under the discrete model.
 
     The ELBO averages the K draws; its entropy is analytic for the ELBO-trained methods
-    (DVAE/DVAE++) and sample-based for DVAE#.
+    (DVAE/DVAE++) and sample-based for DVAE#. `progress` (`dvae_q.progress`) counts importance
+    samples (points × K).
     """
     if num_samples < 1 or batch_size < 1 or sample_chunk < 1 or data.shape[0] < 1:
         raise ValueError("data, num_samples, batch_size and sample_chunk must all be non-empty / at least 1")
+    progress = as_progress(progress)
+    progress.set_total(data.shape[0] * num_samples)
     analytic = getattr(getattr(model, "method", None), "objective", "iw") == "elbo"
     total_nll, total_elbo, n = 0.0, 0.0, data.shape[0]
     batch = max(1, min(batch_size, MAX_ROWS))
     for start in range(0, n, batch):
         x = data[start : start + batch]
-        ell, ell_h = _chunks(model, x, num_samples, sample_chunk, generator)
+        ell, ell_h = _chunks(model, x, num_samples, sample_chunk, generator, progress)
         ell, ell_h = ell - float(log_z), ell_h - float(log_z)
         # float64 logsumexp with a max shift: K_eval = 4000 weights spanning hundreds of nats
         per_point = torch.logsumexp(ell, 1) - math.log(num_samples)

@@ -50,6 +50,7 @@ from typing import NamedTuple
 
 import torch
 
+from dvae_q.progress import as_progress
 from samplers import BipartiteModel
 from samplers.exact import log_partition, oriented
 from samplers.gibbs import annealed_sweeps
@@ -134,38 +135,43 @@ def _base(model: BipartiteModel) -> float:
     return model.num_units * math.log(2.0)
 
 
-def _anneal(model: BipartiteModel, v: torch.Tensor, betas: list[float], source):
+def _anneal(model: BipartiteModel, v: torch.Tensor, betas: list[float], source, progress=None):
     a_v, a_h, w, left_is_v = oriented(model)
-    v, h, log_w = annealed_sweeps(v, a_v, a_h, w, betas, source)
+    v, h, log_w = annealed_sweeps(v, a_v, a_h, w, betas, source, progress)
     states = torch.cat([v, h], 1) if left_is_v else torch.cat([h, v], 1)
     return states, log_w
 
 
 def ais_log_z(model: BipartiteModel, num_temps: int = 1000, num_chains: int = 1024,
-              generator=None) -> LogZEstimate:
+              generator=None, progress=None) -> LogZEstimate:
     """AIS estimate of log Z (at the model's β) with its standard error: uniform base, linear
     schedule of `num_temps` inverse temperatures from 0 to β.
 
     `generator`: a torch.Generator (it seeds the kernel's fast source and advances), a
     `samplers.uniforms` source, or None (fresh entropy). The result's `states` are the chains'
-    final states, to be read with their `log_weights`.
+    final states, to be read with their `log_weights`. `progress` (`dvae_q.progress`) counts
+    temperatures.
     """
+    progress = as_progress(progress)
+    progress.set_total(num_temps - 1)
     source = derive_source(model.device, generator)
     n_v = min(model.num_left, model.num_right)
     v = fair_states(source, (num_chains, n_v), model.device, model.dtype)
     betas = torch.linspace(0.0, float(model.beta), num_temps, dtype=torch.float64).tolist()
-    states, log_w = _anneal(model, v, betas, source)
+    states, log_w = _anneal(model, v, betas, source, progress)
     log_z, stderr = _estimate(log_w, _base(model), +1.0)
     return LogZEstimate(log_z, stderr, log_w, states)
 
 
 def _reverse(model: BipartiteModel, states: torch.Tensor, num_temps: int, source,
-             groups=None) -> LogZEstimate:
+             groups=None, progress=None) -> LogZEstimate:
     _, _, _, left_is_v = oriented(model)
     z = torch.as_tensor(states).to(device=model.device, dtype=model.dtype)
     v = z[:, : model.num_left] if left_is_v else z[:, model.num_left :]
     betas = torch.linspace(float(model.beta), 0.0, num_temps, dtype=torch.float64).tolist()
-    _, log_w = _anneal(model, v, betas, source)
+    progress = as_progress(progress)
+    progress.set_total(num_temps - 1)
+    _, log_w = _anneal(model, v, betas, source, progress)
     log_z, stderr = _estimate(log_w, _base(model), -1.0, groups)
     return LogZEstimate(log_z, stderr, log_w)
 
@@ -179,7 +185,7 @@ def _resampled_starts(ais: LogZEstimate, source) -> tuple[torch.Tensor, torch.Te
 
 def raise_log_z(model: BipartiteModel, num_temps: int = 1000, num_chains: int = 1024,
                 generator=None, init_samples: torch.Tensor | None = None,
-                from_ais: LogZEstimate | None = None) -> LogZEstimate:
+                from_ais: LogZEstimate | None = None, progress=None) -> LogZEstimate:
     """Reverse AIS from states of the model back to the uniform base.
 
     Starts from `init_samples` (full states, left | right columns; their number sets the
@@ -189,18 +195,20 @@ def raise_log_z(model: BipartiteModel, num_temps: int = 1000, num_chains: int = 
     """
     source = derive_source(model.device, generator)
     if init_samples is not None:
-        return _reverse(model, init_samples, num_temps, source)
+        return _reverse(model, init_samples, num_temps, source, progress=progress)
     ais = from_ais if from_ais is not None else ais_log_z(model, num_temps, num_chains, source)
     starts, groups = _resampled_starts(ais, source)
-    return _reverse(model, starts, num_temps, source, groups)
+    return _reverse(model, starts, num_temps, source, groups, progress)
 
 
 def bracket(model: BipartiteModel, num_temps: int = 1000, num_chains: int = 1024,
-            generator=None, init_samples: torch.Tensor | None = None) -> Bracket:
+            generator=None, init_samples: torch.Tensor | None = None,
+            progress: tuple = (None, None)) -> Bracket:
     """AIS (lower) and RAISE (upper) with one forward run: RAISE starts from the AIS end states
-    resampled by their weights, or from `init_samples` when given."""
+    resampled by their weights, or from `init_samples` when given. `progress`: one progress
+    object for each run (forward, reverse)."""
     source = derive_source(model.device, generator)
-    lower = ais_log_z(model, num_temps, num_chains, source)
+    lower = ais_log_z(model, num_temps, num_chains, source, progress=progress[0])
     upper = raise_log_z(model, num_temps, generator=source, init_samples=init_samples,
-                        from_ais=lower)
+                        from_ais=lower, progress=progress[1])
     return Bracket(lower, upper)

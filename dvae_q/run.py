@@ -21,10 +21,10 @@ from typing import Mapping, Sequence
 import torch
 
 import samplers
-from dvae_q import build, checkpoint, data, logz, scores
+from dvae_q import build, checkpoint, data, scores
 from dvae_q.config import Config, load_config
 from dvae_q.errors import BadInput
-from dvae_q.progress import NULL, Reporter
+from dvae_q.progress import Reporter
 from dvae_q.rundir import RunDir
 
 
@@ -109,26 +109,25 @@ class Run:
         images = data.load_binarized(cfg.dataset, split)[:limit]
         x = torch.tensor(images, dtype=torch.float32, device=device)
         gen = build.generator(self.seeds["eval"], device)
-        ais = scores.ais(self.model, num_temps=ais_temps, num_chains=ais_chains, generator=gen,
-                         reporter=reporter)
-        upper = None
-        if bracket:  # RAISE from the AIS end states resampled by their weights
-            with (reporter.task("reverse AIS log Z", unit="temperatures") if reporter else NULL):
-                upper = logz.raise_log_z(self.model.prior.snapshot(), num_temps=ais_temps,
-                                         generator=gen, from_ais=ais)
+        kwargs = dict(num_temps=ais_temps, num_chains=ais_chains, generator=gen, reporter=reporter)
+        both = scores.log_z(self.model, **kwargs) if bracket else None
+        ais = both.lower if both else scores.ais(self.model, **kwargs)
         found = scores.nll(self.model, {split: x}, {split: iw_samples}, ais.log_z,
                            batch_size=cfg.eval_batch_size, sample_chunk=cfg.eval_sample_chunk,
                            generator=gen, reporter=reporter)
         nll = found[f"{split}_nll"]
+        record = scores.bracket_record(both, found, f"of {self.path}") if both else {}
+        low, high = record.get(f"{split}_nll_low"), record.get(f"{split}_nll_high")
         return {
             "run_dir": str(self.path), "checkpoint": self.checkpoint_path.name, "step": self.step,
             "split": split, "num_points": int(x.shape[0]), "iw_samples": iw_samples,
             "nll": nll, "elbo": found[f"{split}_elbo"],
             "log_z_ais": ais.log_z, "log_z_ais_stderr": ais.stderr,
-            "log_z_raise": upper.log_z if upper else None,
-            "log_z_raise_stderr": upper.stderr if upper else None,
-            # NLL moves one for one with log Z: the upper estimate gives the other end
-            "nll_with_raise_log_z": nll + (upper.log_z - ais.log_z) if upper else None,
+            "log_z_raise": both.upper.log_z if both else None,
+            "log_z_raise_stderr": both.upper.stderr if both else None,
+            "bracket_inverted": bool(both.inverted) if both else None,
+            # NLL moves one for one with log Z: AIS − 3 se .. RAISE + 3 se, unless inverted
+            "nll_interval": None if low is None else [low, high],
         }
 
 

@@ -79,6 +79,12 @@ def estimate_log_z(model: DVAE, cfg: Config, gen: torch.Generator, reporter=None
                       generator=gen, reporter=reporter)
 
 
+def bracket_log_z(model: DVAE, cfg: Config, gen: torch.Generator, reporter=None):
+    """The prior's log Z bracket (AIS lower, reverse AIS upper)."""
+    return scores.log_z(model, num_temps=cfg.ais_num_temps, num_chains=cfg.ais_num_chains,
+                        generator=gen, reporter=reporter)
+
+
 def evaluate_splits(parts: Parts, num_samples: dict[str, int], log_z: float,
                     reporter=None) -> dict:
     """Discrete-model NLL and ELBO of each evaluation split, with `num_samples[split]` IW draws."""
@@ -310,13 +316,14 @@ def _evaluate(parts: Parts, carry: Carry, run: RunDir, reporter: Reporter, negat
     """AIS log Z, then validation/test NLL of the discrete model; keeps the best checkpoint."""
     cfg, model, done = parts.cfg, parts.model, carry.step
     model.eval()
-    est = estimate_log_z(model, cfg, parts.eval_gen, reporter)
+    bracket = bracket_log_z(model, cfg, parts.eval_gen, reporter)
+    est = bracket.lower
     carry.log_z = {"log_z": est.log_z, "stderr": est.stderr}
     found = evaluate_splits(parts, {s: cfg.eval_iw_samples for s in parts.eval_data}, est.log_z,
                             reporter)
     model.train()
     save_samples(parts, negatives, run.path / f"samples_{done:07d}.png", done)
-    row.update(log_z=est.log_z, log_z_stderr=est.stderr, **found)
+    row.update(**scores.bracket_record(bracket, found, f"at step {done}"), **found)
     figures.save_curves(metrics_file.read(run.metrics_file) + [_strings(row)],
                         run.path / "curves.png", **_curve_labels(cfg))
     score = found.get("valid_nll", found.get("test_nll"))
@@ -400,11 +407,12 @@ def finish(parts: Parts, run: RunDir, carry: Carry, reporter: Reporter | None = 
     best = checkpoint.load(run.checkpoint_path("best"))
     parts.model.load_state_dict(best["model"])
     parts.model.eval()
-    est = estimate_log_z(parts.model, cfg, parts.eval_gen, reporter)
+    bracket = bracket_log_z(parts.model, cfg, parts.eval_gen, reporter)
     counts = {s: cfg.eval_iw_samples for s in parts.eval_data}
     if "test" in counts:
         counts["test"] = cfg.final_iw_samples
-    found = evaluate_splits(parts, counts, est.log_z, reporter)
+    found = evaluate_splits(parts, counts, bracket.lower.log_z, reporter)
+    record = scores.bracket_record(bracket, found, "at the final evaluation")
     final = {s: (carry.step, found[f"{s}_nll"], k) for s, k in counts.items()}
     figures.save_curves(metrics_file.read(run.metrics_file), run.path / "curves.png",
                         **_curve_labels(cfg, final))
@@ -419,10 +427,12 @@ def finish(parts: Parts, run: RunDir, carry: Carry, reporter: Reporter | None = 
         "topology": cfg.topology,
         "steps": cfg.steps,
         "best_step": best["step"],
-        "log_z": est.log_z,
-        "log_z_stderr": est.stderr,
+        **record,
+        "log_z_inverted": bool(record["log_z_inverted"]),
         "iw_samples": counts,
         **found,
+        **{f"{s}_nll_interval": [record[f"{s}_nll_low"], record[f"{s}_nll_high"]]
+           for s in counts if f"{s}_nll_low" in record},
         "eval_limit": cfg.eval_limit,
         "train_limit": cfg.train_limit,
         "wall_time_s": carry.wall_time_s,

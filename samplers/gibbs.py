@@ -99,6 +99,7 @@ def annealed_sweeps(
     W_vh: torch.Tensor,
     betas: list[float],
     generator,
+    progress=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Annealed importance sampling transitions on the v side, with h summed out.
 
@@ -107,6 +108,7 @@ def annealed_sweeps(
     decreasing for reverse AIS): log_w += log f_b1(v) − log f_b0(v) at the current v, then one
     block-Gibbs sweep at b1 (h | v, then v | h), reusing the field a_h + vW for both.
     Returns (v, h, log_w): final states of both sides and float64 log-weights per chain.
+    `progress` (anything with `update(n)`, e.g. a dvae_q progress task) counts temperatures.
     """
     chains = v.shape[0]
     v = v.clone()  # updated in place below; the caller's tensor is left alone
@@ -122,6 +124,8 @@ def annealed_sweeps(
         log_w.add_((v @ a_v).to(torch.float64), alpha=b1 - b0)
         bernoulli_(p, generator, h)
         bernoulli_(_field(a_v, h, w_hv, fv, scale=b1).sigmoid_(), generator, v)
+        if progress is not None:
+            progress.update(1)
     return v, h, log_w
 
 

@@ -98,3 +98,27 @@ def test_fit_takes_a_dict_config_and_rejects_bad_keys(tmp_path):
     assert not (tmp_path / "x").exists()
     cfg = dvae_q.run.resolve({"dataset": "binarized_mnist", "structure": "1-layer-lin"}, ["k=3"])
     assert (cfg.structure, cfg.k) == ("1-layer-lin", 3)
+
+
+def test_results_carry_the_log_z_bracket_and_the_nll_interval_it_implies(smoke_run):
+    results = smoke_run.results
+    low, high = results["test_nll_interval"]
+    # NLL moves one for one with log Z: the interval is the bracket shifted by the NLL
+    assert low == pytest.approx(results["test_nll"] - 3 * results["log_z_stderr"])
+    assert high == pytest.approx(results["test_nll"] + results["log_z_upper"] - results["log_z"]
+                                 + 3 * results["log_z_upper_stderr"])
+    assert results["log_z_inverted"] is False and low <= results["test_nll"] <= high
+
+
+def test_an_inverted_bracket_is_flagged_and_never_reported_as_a_bound(caplog):
+    from dvae_q import logz, scores
+
+    lower = logz.LogZEstimate(414.8, 0.05, None)
+    upper = logz.LogZEstimate(411.0, 0.05, None)   # reverse AIS below AIS: chains in minor modes
+    record = scores.bracket_record(logz.Bracket(lower, upper), {"test_nll": 90.0}, "in a test")
+    assert record["log_z_inverted"] == 1.0
+    assert not any(key.endswith(("_low", "_high")) for key in record)
+    assert "inverted" in caplog.text
+    fine = scores.bracket_record(logz.Bracket(lower, logz.LogZEstimate(414.9, 0.05, None)),
+                                 {"test_nll": 90.0}, "in a test")
+    assert fine["log_z_inverted"] == 0.0 and fine["test_nll_low"] < 90.0 < fine["test_nll_high"]
