@@ -36,6 +36,7 @@ import torch
 
 from dvae_q import data_formats as fmt
 from dvae_q.errors import BadInput
+from topologies.cache import cache_root, write_atomic
 
 SPLITS = ("train", "valid", "test")
 OMNIGLOT_VALID_SIZE = 1345  # the last 1,345 training rows are the validation set (IWAE protocol)
@@ -90,11 +91,7 @@ DATASETS = tuple(SOURCES)
 
 def cache_dir() -> Path:
     """dvae-q's per-user cache folder (downloads, hash verdicts, embeddings)."""
-    explicit = os.environ.get("DVAEQ_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dvae-q"
+    return cache_root()
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -168,9 +165,7 @@ def _remember_verdict(key: str) -> None:
     known[key] = True
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(known))
     except OSError:
         pass  # a read-only cache only costs re-hashing next time
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import yaml
 
+from topologies.cache import write_atomic
 from dvae_q import paper_table
 from dvae_q.errors import BadInput, RunFailure
 from dvae_q.methods import METHODS
@@ -265,9 +266,7 @@ def write_manifest(out: Path, planned: Sequence[Planned], request: Request) -> N
     if request.command:
         manifest["commands"] = [*manifest.get("commands", []), request.command][-20:]
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(manifest, indent=2) + "\n")
 
 
 # --- one cell, inside a Ray worker -----------------------------------------------------------

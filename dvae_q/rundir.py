@@ -28,6 +28,7 @@ import yaml
 from dvae_q import checkpoint
 from dvae_q.config import Config, config_from_dict, read_yaml
 from dvae_q.errors import BadInput
+from topologies.cache import write_atomic
 
 CONFIG = "config.yaml"
 METRICS = "metrics.csv"
@@ -92,9 +93,7 @@ class RunDir:
         return self.last
 
     def write_results(self, results: dict) -> None:
-        tmp = self.results_file.with_name(f".{RESULTS}.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, self.results_file)
+        write_atomic(self.results_file, json.dumps(results, indent=2) + "\n")
 
     # --- creation and locking ---
     def check_new(self) -> None:
@@ -118,7 +117,7 @@ class RunDir:
             (staging / CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             checkpoint.save_atomic(first_checkpoint, staging / checkpoint.LAST)
             self._lock_fd = _lock(staging / LOCK)
-            os.replace(staging, self.path) if not self.path.exists() else os.rename(staging, self.path)
+            os.rename(staging, self.path)  # onto an absent or empty folder only
         except OSError as exc:
             self.unlock()
             shutil.rmtree(staging, ignore_errors=True)

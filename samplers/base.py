@@ -235,6 +235,35 @@ def validate_options(cls: type[Sampler], options: Mapping) -> dict:
             for key, opt in cls.parameters.items()}
 
 
+# top-level packages an import path in a config may name; a config or run directory someone
+# shared must not make dvae-q import code of its choosing (e.g. a module beside it on sys.path)
+TRUSTED_IMPORTS = ("samplers", "dwave", "dimod")
+TRUSTED_IMPORTS_ENV = "DVAEQ_TRUSTED_IMPORTS"
+
+
+def import_object(spec: str, what: str):
+    """The object an import path names ("module:attr", or "module.attr"), from a trusted
+    package (TRUSTED_IMPORTS, plus the comma-separated packages in $DVAEQ_TRUSTED_IMPORTS).
+    SamplerOptionError, naming `what`, for anything else or anything that does not import."""
+    import os
+
+    module, sep, attr = spec.partition(":")
+    if not sep:
+        module, _, attr = spec.rpartition(".")
+    if not module or not attr:
+        raise SamplerOptionError(f"{what}: not an import path 'module:name'")
+    extra = [p.strip() for p in os.environ.get(TRUSTED_IMPORTS_ENV, "").split(",") if p.strip()]
+    if module.split(".")[0] not in (*TRUSTED_IMPORTS, *extra):
+        raise SamplerOptionError(
+            f"{what}: '{module}' is outside the trusted packages ({', '.join(TRUSTED_IMPORTS)}); "
+            f"add its package to {TRUSTED_IMPORTS_ENV} if you trust it"
+        )
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise SamplerOptionError(f"{what}: cannot import '{spec}'") from None
+
+
 # name -> "module:Class", imported on first use so that `import samplers` stays light
 REGISTRY = {
     "gibbs": "samplers.gibbs:GibbsSampler",

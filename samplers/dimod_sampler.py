@@ -11,12 +11,11 @@ copies it into `info`, where training logs it.
 
 from __future__ import annotations
 
-import importlib
 
 import numpy as np
 import torch
 
-from samplers.base import SEED, Option, Sampler, SamplerOptionError
+from samplers.base import SEED, Option, Sampler, SamplerOptionError, import_object
 from samplers.model import BipartiteModel
 
 
@@ -24,13 +23,7 @@ def resolve(spec):
     """An instance from an import path, or the instance itself."""
     if not isinstance(spec, str):
         return spec
-    module, sep, attr = spec.partition(":")
-    if not sep:
-        module, _, attr = spec.rpartition(".")
-    try:
-        obj = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError):
-        raise SamplerOptionError(f"sampler 'dimod': cannot import '{spec}'") from None
+    obj = import_object(spec, "sampler 'dimod' option 'sampler'")
     return obj() if isinstance(obj, type) else obj
 
 

@@ -32,7 +32,6 @@ time per call. A seed fixes every random choice, so a report is reproducible.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from samplers.base import SamplerOptionError, TemperatureScaled
+from samplers.base import SamplerOptionError, TemperatureScaled, import_object
 from samplers.energy_matching import EnergyReference, energy_reference, match_energy
 from samplers.model import BipartiteModel
 
@@ -420,11 +419,12 @@ def random_native_model(topology, num_left=None, num_right=None, *, scale: float
 def _factory_takes_seed(spec) -> bool:
     """Whether a "module:callable" child factory accepts `seed` (unresolvable specs are left to
     the qpu sampler, which reports them)."""
-    module, sep, attr = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if not isinstance(spec, str):
+        return False
     try:
-        factory = getattr(importlib.import_module(module), attr) if sep else None
-        return factory is not None and "seed" in inspect.signature(factory).parameters
-    except (ImportError, AttributeError, TypeError, ValueError):
+        factory = import_object(spec, "child sampler")
+        return "seed" in inspect.signature(factory).parameters
+    except (SamplerOptionError, TypeError, ValueError):
         return False
 
 

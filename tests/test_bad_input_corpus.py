@@ -48,10 +48,10 @@ def _fill(value, places: dict):
     return [_fill(v, places) for v in value]
 
 
-def _prepare_run(case, source: Path, target: Path, marker: Path) -> None:
+def _prepare_run(case, source: Path, target: Path, marker: Path, places: dict) -> None:
     shutil.copytree(source, target)
     for name, text in (case.get("run_files") or {}).items():
-        (target / name).write_text(text)
+        (target / name).write_text(_fill(text, places))
     if case.get("run_config"):
         config = yaml.safe_load((target / "config.yaml").read_text())
         config.update(case["run_config"])
@@ -78,8 +78,10 @@ def test_bad_input_gives_one_line_and_its_exit_status(case, unfinished_run, tmp_
     run = tmp_path / "run"
     marker = work / "PWNED"
     places = {"in": str(HERE), "tmp": str(work), "run": str(run), "secret": SECRET}
-    _prepare_run(case, unfinished_run, run, marker)
-    monkeypatch.chdir(work)
+    _prepare_run(case, unfinished_run, run, marker, places)
+    monkeypatch.chdir(run if case.get("cwd") == "run" else work)
+    if case.get("cwd") == "run":  # as `python -m` would: the working folder is importable
+        monkeypatch.syspath_prepend(str(run))
     monkeypatch.setenv("DWAVE_API_TOKEN", SECRET)
     for key, value in (case.get("env") or {}).items():
         if value is None:

@@ -227,6 +227,8 @@ def test_get_validates_names_and_options():
     with pytest.raises(SamplerOptionError, match="'schedule'"):
         samplers.get("neal", schedule="exponential")
     with pytest.raises(SamplerOptionError, match="cannot import"):
+        samplers.get("dimod", sampler="dwave.no_such:Thing")
+    with pytest.raises(SamplerOptionError, match="outside the trusted packages"):
         samplers.get("dimod", sampler="no.such:Thing")
     assert set(samplers.available()) >= {"gibbs", "pa", "neal", "exact", "dimod", "qpu"}
     assert "num_chains" in samplers.declared_options("gibbs")

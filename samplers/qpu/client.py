@@ -9,11 +9,10 @@ remove it from messages.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 
-from samplers.base import SamplerOptionError
+from samplers.base import SamplerOptionError, import_object
 from samplers.qpu.errors import QPUConfigError
 
 
@@ -61,15 +60,10 @@ def from_cloud(exc: BaseException) -> bool:
 
 def resolve_factory(spec: str):
     """The callable named by 'module:callable' (the `child_sampler` option as a string)."""
-    module, sep, attr = spec.partition(":")
-    if not sep or not module or not attr:
-        raise SamplerOptionError(
-            f"sampler 'qpu' option 'child_sampler': {spec!r} is not 'module:callable'"
-        )
-    try:
-        factory = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        raise SamplerOptionError(f"sampler 'qpu' option 'child_sampler': cannot import '{spec}'") from None
+    what = "sampler 'qpu' option 'child_sampler'"
+    if ":" not in spec:
+        raise SamplerOptionError(f"{what}: not an import path 'module:callable'")
+    factory = import_object(spec, what)
     if not callable(factory):
         raise SamplerOptionError(f"sampler 'qpu' option 'child_sampler': '{spec}' is not callable")
     return factory

@@ -29,7 +29,6 @@ from samplers.service.errors import (
     ServiceFailure,
     ServiceUnavailable,
     UnknownService,
-    UnknownSession,
     one_line,
 )
 from samplers.service.wire import (
