@@ -4,13 +4,11 @@ the run-directory lock, and resume from any state a killed start-up can leave.""
 import errno
 import fcntl
 import http.server
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
