@@ -93,13 +93,13 @@ def test_readme_has_python_blocks():
 @pytest.mark.parametrize(
     "block", BLOCKS, ids=[f"L{b.line}-{re.sub(r'[^A-Za-z0-9]+', '_', b.section)[:30]}" for b in BLOCKS]
 )
-def test_readme_block_runs(block: Block):
+def test_readme_block_runs(block: Block, tmp_path):
     if block.skip_reason is not None:
         pytest.skip(f"README.md line {block.line}: {block.skip_reason}")
     try:
         done = subprocess.run(
             [sys.executable, "-c", block.code],
-            cwd=REPO,
+            cwd=tmp_path,  # as a user's own folder: files a block writes (runs/...) land here
             env=_suite_env(),
             capture_output=True,
             text=True,
