@@ -173,7 +173,10 @@ def cmd_stop(args) -> int:
 
 def add_commands(subparsers) -> None:
     """`serve` and `service` on the CLI's subcommand table."""
-    serve = subparsers.add_parser("serve", help="start a named sampling service (a Ray actor)")
+    serve = subparsers.add_parser(
+        "serve", help="start a named sampling service (a Ray actor)",
+        description="Start a named, detached Ray actor that owns a sampler and serves the "
+                    "prior samples of many trainers (`--sampler remote`).")
     serve.add_argument("--sampler", required=True, help="sampler it serves: gibbs, pa, neal, "
                        "exact, dimod, qpu")
     serve.add_argument("--topology", help="hardware topology name or YAML file")
@@ -192,13 +195,15 @@ def add_commands(subparsers) -> None:
                        help="Ray restarts a dead service this many times; trainers reconnect")
     serve.set_defaults(func=cmd_serve)
 
-    service = subparsers.add_parser("service", help="list, inspect or stop sampling services")
+    service = subparsers.add_parser(
+        "service", help="list, inspect or stop sampling services",
+        description="List, inspect or stop the sampling services on a Ray cluster.")
     sub = service.add_subparsers(dest="service_command", required=True,
                                  parser_class=type(service))
     for name, func, helptext in (("list", cmd_list, "the running services"),
                                  ("status", cmd_status, "sessions and accounting, as a table"),
                                  ("stop", cmd_stop, "stop a service")):
-        cmd = sub.add_parser(name, help=helptext)
+        cmd = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
         if name != "list":
             cmd.add_argument("service", help="the service's name")
         cmd.add_argument("--address", help="Ray cluster (default: this machine's)")
