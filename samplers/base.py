@@ -86,6 +86,23 @@ def seeded_generator(device: torch.device | str, seed: int | None) -> torch.Gene
     return gen
 
 
+def check_request(model, num_samples, device, dtype) -> tuple[torch.device, torch.dtype]:
+    """What `draw` checks before any work (also before a submission): the model, the count,
+    the device and dtype of the samples; returns the (device, dtype) to use."""
+    if not isinstance(model, BipartiteModel):
+        raise TypeError(f"sample() needs a samplers.BipartiteModel, got {type(model).__name__}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    device = torch.device(device) if device is not None else model.device
+    if device.type == "meta" or model.device.type == "meta":
+        # meta tensors hold no values, so there is nothing to sample from or into
+        raise ValueError("samplers need real tensors: the model or the requested device is 'meta'")
+    dtype = dtype or model.dtype
+    if not dtype.is_floating_point:
+        raise ValueError(f"samples are returned as a floating dtype, not {dtype}")
+    return device, dtype
+
+
 class SampleResult(NamedTuple):
     """What one `draw` returns: the samples and the facts about that call."""
 
@@ -145,17 +162,7 @@ class Sampler:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> SampleResult:
-        if not isinstance(model, BipartiteModel):
-            raise TypeError(f"sample() needs a samplers.BipartiteModel, got {type(model).__name__}")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-        device = torch.device(device) if device is not None else model.device
-        if device.type == "meta" or model.device.type == "meta":
-            # meta tensors hold no values, so there is nothing to sample from or into
-            raise ValueError("samplers need real tensors: the model or the requested device is 'meta'")
-        dtype = dtype or model.dtype
-        if not dtype.is_floating_point:
-            raise ValueError(f"samples are returned as a floating dtype, not {dtype}")
+        device, dtype = check_request(model, num_samples, device, dtype)
         start = time.perf_counter()
         z, info = self._sample(model, num_samples)
         z = z.to(device=device, dtype=dtype)

@@ -26,6 +26,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from samplers.base import seeded_generator
+
 GRAIN = 65536.0  # 2^16 levels of a 16-bit uniform
 
 
@@ -73,12 +75,7 @@ def make_source(device: torch.device | str, seed: int | None) -> Source:
     device = torch.device(device)
     if device.type == "cpu":
         return WordStream(seed)
-    gen = torch.Generator(device=device)
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
-    return gen
+    return seeded_generator(device, seed)
 
 
 def derive_source(device: torch.device | str, generator: Source | None) -> Source:

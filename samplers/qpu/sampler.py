@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import topologies
-from samplers.base import (MEAN_ENERGY_SAMPLES, SEED, Option, Sampler, SampleResult,
+from samplers.base import (MEAN_ENERGY_SAMPLES, SEED, Option, Sampler, SampleResult, check_request,
                            SamplerOptionError, TemperatureScaled, check_options, non_negative,
                            positive)
 from samplers.model import BipartiteModel
@@ -250,7 +250,7 @@ class QPUSampler(Sampler, TemperatureScaled):
                dtype: torch.dtype | None = None) -> draws.PendingDraw:
         """Program `model` and submit the calls of `draw(model, num_samples)` without waiting
         for them; `.result()` of the returned `PendingDraw` gives the `SampleResult`."""
-        _check_request(model, num_samples, device, dtype)
+        check_request(model, num_samples, device, dtype)
         pending = draws.PendingDraw(self, self._start(model, num_samples), device, dtype)
         self._queue.append(pending)
         return pending
@@ -355,7 +355,7 @@ class QPUSampler(Sampler, TemperatureScaled):
         models = list(models)
         counts = packing.sample_counts(models, num_samples)
         for model, n in zip(models, counts):
-            _check_request(model, n, device, dtype)
+            check_request(model, n, device, dtype)
         self._drain()
         start = time.perf_counter()
         state, jobs = self._snapshot(), []
@@ -540,16 +540,3 @@ def _result(model: BipartiteModel, spins: np.ndarray, info: dict, elapsed: float
         info["mean_energy"] = float(model.energy(head).mean())
     info.update(time_s=elapsed, beta=float(model.beta), num_samples=len(z))
     return SampleResult(z, info)
-
-
-def _check_request(model, num_samples, device, dtype) -> None:
-    """The checks `Sampler.draw` makes, made before anything is submitted."""
-    if not isinstance(model, BipartiteModel):
-        raise TypeError(f"sample() needs a samplers.BipartiteModel, got {type(model).__name__}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    device = torch.device(device) if device is not None else model.device
-    if device.type == "meta" or model.device.type == "meta":
-        raise ValueError("samplers need real tensors: the model or the requested device is 'meta'")
-    if dtype is not None and not dtype.is_floating_point:
-        raise ValueError(f"samples are returned as a floating dtype, not {dtype}")
