@@ -264,19 +264,23 @@ def _data_parsers(commands) -> None:
     info.set_defaults(func=_cmd_data_info)
 
 
-def _run_parsers(commands) -> None:
+def _configs_parser(commands) -> None:
     cfgs = commands.add_parser("configs", help="list the shipped configs, or every config key",
                                description="List the shipped experiment configs, or every key.")
     cfgs.add_argument("--keys", action="store_true",
                       help="list every config key with its type, default and meaning")
     cfgs.set_defaults(func=_cmd_configs)
 
+
+def _train_parser(commands) -> None:
     train = commands.add_parser("train", help="train a model (or --resume a run)",
                                 description="Train a model from a config, or continue a run.")
     _add_run_options(train, run_dir_help="run directory (default: runs/<name>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or unfinished run")
     train.set_defaults(func=_cmd_train)
 
+
+def _eval_parser(commands) -> None:
     ev = commands.add_parser("eval", help="log Z bracket and discrete-model NLL of a run",
                              description="AIS log Z (with the reverse-AIS upper end) and the "
                                          "discrete model's NLL of a run's checkpoint.")
@@ -291,6 +295,8 @@ def _run_parsers(commands) -> None:
     ev.add_argument("--quiet", action="store_true", help="no progress output")
     ev.set_defaults(func=_cmd_eval)
 
+
+def _sample_parser(commands) -> None:
     sm = commands.add_parser("sample", help="decoded prior samples as an image grid",
                              description="Draw prior samples of a run and decode them to images.")
     sm.add_argument("run_dir", help="run directory")
@@ -302,6 +308,8 @@ def _run_parsers(commands) -> None:
                     help="instead: the first NUM test images beside their reconstructions")
     sm.set_defaults(func=_cmd_sample)
 
+
+def _calibrate_parser(commands) -> None:
     cal = commands.add_parser("calibrate", help="estimate a sampler's effective temperature",
                               description="Estimate a sampler's effective inverse temperature "
                                           "on a probe RBM of a topology.")
@@ -317,11 +325,22 @@ def _run_parsers(commands) -> None:
     cal.add_argument("--quiet", action="store_true", help="no progress output")
     cal.set_defaults(func=_cmd_calibrate)
 
+
+def _demo_parser(commands) -> None:
     demo = commands.add_parser("demo", help="the main job of `make demo`: a short training run",
                                description="A short DVAE# training run on binarized MNIST.")
     demo.add_argument("--run-dir", default=None, help="run directory (default: runs/demo-<time>)")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
     demo.set_defaults(func=_cmd_demo)
+
+
+def _run_parsers(commands) -> None:
+    _configs_parser(commands)
+    _train_parser(commands)
+    _eval_parser(commands)
+    _sample_parser(commands)
+    _calibrate_parser(commands)
+    _demo_parser(commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -333,6 +333,14 @@ def _evaluate(parts: Parts, carry: Carry, run: RunDir, reporter: Reporter, negat
     return found
 
 
+def _step_row(carry: Carry, result, lr: float, kappa: float, sampler_info: dict) -> dict:
+    """The metrics row of the step just done: schedule, the objective's honest metrics and
+    every numeric fact the sampler reported (under sampler/)."""
+    return {"step": carry.step, "wall_time_s": carry.wall_time_s, "loss": result.loss.item(),
+            "lr": lr, "kappa": kappa, **{k: float(v) for k, v in result.metrics.items()},
+            **metrics_file.sampler_columns(sampler_info)}
+
+
 def _loop(parts: Parts, run: RunDir, metrics, bar, reporter: Reporter, carry: Carry) -> None:
     cfg, model = parts.cfg, parts.model
 
@@ -366,9 +374,7 @@ def _loop(parts: Parts, run: RunDir, metrics, bar, reporter: Reporter, carry: Ca
         evaluating = done % cfg.eval_every == 0 or done == cfg.steps or carry.stopped is not None
         row = None
         if done % cfg.log_every == 0 or evaluating:
-            row = {"step": done, "wall_time_s": carry.wall_time_s, "loss": result.loss.item(),
-                   "lr": lr, "kappa": kappa, **{k: float(v) for k, v in result.metrics.items()},
-                   **metrics_file.sampler_columns(sampler_info)}
+            row = _step_row(carry, result, lr, kappa, sampler_info)
         if evaluating:
             found = _evaluate(parts, carry, run, reporter, negatives, row, snapshot)
             bar.set_postfix(recon=row.get("recon"),

@@ -254,12 +254,7 @@ def _resolve(path_or_name) -> Path:
     )
 
 
-def load(path_or_name) -> Topology:
-    """Load a shipped topology by name (topologies/<name>.yaml) or a YAML file by path."""
-    if isinstance(path_or_name, Topology):
-        return path_or_name
-    path = _resolve(path_or_name)
-    where = f"topology file {path}"
+def _read(path: Path, where: str) -> dict:
     try:
         data = strict_yaml.load_file(path, where)
     except strict_yaml.YAMLFileError as exc:
@@ -269,7 +264,11 @@ def load(path_or_name) -> Topology:
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         raise TopologyError(f"{where}: unknown key '{unknown[0]}'; accepted: {', '.join(TOP_KEYS)}")
+    return data
 
+
+def _graph_kind(data: dict, where: str) -> tuple[str, str | None, tuple[int, ...], str]:
+    """(mode, family, shape, embedder), checked together."""
     mode = data.get("mode")
     if mode not in MODES:
         raise TopologyError(f"{where}: mode {mode!r} must be one of {', '.join(MODES)}")
@@ -287,12 +286,11 @@ def load(path_or_name) -> Topology:
         raise TopologyError(f"{where}: embedder {embedder!r} must be one of {', '.join(EMBEDDERS)}")
     if "embedder" in data and mode != "embedded":
         raise TopologyError(f"{where}: 'embedder' only applies to mode embedded")
+    return mode, family, shape, embedder
 
-    qpu = data.get("qpu") or {}
-    if not isinstance(qpu, dict):
-        raise TopologyError(f"{where}: 'qpu' must be a mapping of QPU defaults")
-    if qpu and mode == "dense":
-        raise TopologyError(f"{where}: a dense topology has no QPU defaults")
+
+def _broken(data: dict, mode: str, family, shape, where: str) -> tuple[list, list]:
+    """The file's broken qubits and couplers, each checked to exist on the perfect chip."""
     broken_qubits = data.get("broken_qubits") or []
     broken_couplers = data.get("broken_couplers") or []
     if (broken_qubits or broken_couplers) and mode == "dense":
@@ -308,19 +306,29 @@ def load(path_or_name) -> Topology:
             [c for c in broken_couplers if not full.has_edge(*c)]
         if missing:
             raise TopologyError(f"{where}: broken {missing[0]} is not in {family}{list(shape)}")
+    return broken_qubits, broken_couplers
 
+
+def load(path_or_name) -> Topology:
+    """Load a shipped topology by name (topologies/<name>.yaml) or a YAML file by path."""
+    if isinstance(path_or_name, Topology):
+        return path_or_name
+    path = _resolve(path_or_name)
+    where = f"topology file {path}"
+    data = _read(path, where)
+    mode, family, shape, embedder = _graph_kind(data, where)
+    qpu = data.get("qpu") or {}
+    if not isinstance(qpu, dict):
+        raise TopologyError(f"{where}: 'qpu' must be a mapping of QPU defaults")
+    if qpu and mode == "dense":
+        raise TopologyError(f"{where}: a dense topology has no QPU defaults")
+    broken_qubits, broken_couplers = _broken(data, mode, family, shape, where)
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise TopologyError(f"{where}: 'name' must be a non-empty string")
     return Topology(
-        name=name,
-        mode=mode,
-        family=family,
-        shape=shape,
-        embedder=embedder,
-        description=str(data.get("description", "")),
-        qpu=types.MappingProxyType(dict(qpu)),
-        source=str(path),
-        broken_qubits=tuple(sorted(broken_qubits)),
+        name=name, mode=mode, family=family, shape=shape, embedder=embedder,
+        description=str(data.get("description", "")), qpu=types.MappingProxyType(dict(qpu)),
+        source=str(path), broken_qubits=tuple(sorted(broken_qubits)),
         broken_couplers=tuple(sorted(tuple(sorted(c)) for c in broken_couplers)),
     )
