@@ -380,6 +380,13 @@ def counted_mock(**kwargs):
     return child
 
 
+@pytest.fixture
+def trusted_test_factory(monkeypatch):
+    """This module may be named as a child factory: import paths in options are limited to
+    trusted packages, and a test module is not one unless the environment says so."""
+    monkeypatch.setenv("DVAEQ_TRUSTED_IMPORTS", "test_service")
+
+
 def _qpu_spec(packing: bool, num_reads: int, beta_true: float = 4.0, **options) -> ServiceSpec:
     """A QPU service on a thermal mock at `beta_true`; `num_reads`: samples per call."""
     QPU_CALLS.clear()
@@ -403,7 +410,7 @@ async def _rounds(service, ids, models, n, rounds):
     return [(torch.cat(samples), infos) for samples, infos in out]
 
 
-def test_qpu_sessions_are_packed_into_one_call_and_get_their_own_samples():
+def test_qpu_sessions_are_packed_into_one_call_and_get_their_own_samples(trusted_test_factory):
     """Two sessions with different models (one at another β) drawing together: one QPU call per
     round carries both, each session's samples pass the exact-distribution test of its own model
     (and fail against the other's), and the call's access time is split between them."""
@@ -432,7 +439,7 @@ def test_qpu_sessions_are_packed_into_one_call_and_get_their_own_samples():
         assert 0.5 * (_empirical(states, results[s][0]) - p_other).abs().sum().item() > 1.5 * bounds[s]
 
 
-def test_unpacked_qpu_service_equals_separate_samplers():
+def test_unpacked_qpu_service_equals_separate_samplers(trusted_test_factory):
     """Packing off: each QPU session is its own local sampler, bit for bit, one call per draw."""
     models = [_native_model("chimera_c4", 5, 5, seed=1), _native_model("chimera_c4", 4, 4, seed=2)]
     spec = _qpu_spec(packing=False, num_reads=500)
@@ -451,7 +458,7 @@ def test_unpacked_qpu_service_equals_separate_samplers():
     assert len(QPU_CALLS) == 4
 
 
-def test_packed_qpu_sessions_share_one_beta_eff_measurement():
+def test_packed_qpu_sessions_share_one_beta_eff_measurement(trusted_test_factory):
     """The QPU samples at β 5; sessions start from a guess of 2.5 and re-measure every call. A
     packed call measures once, from all its copies; both sessions take the value, and the next
     call programs both with it."""
@@ -476,7 +483,7 @@ def test_packed_qpu_sessions_share_one_beta_eff_measurement():
     assert list(status["beta_eff"].values()) == [pytest.approx(a2["beta_eff_measured"])]
 
 
-def test_a_model_the_qpu_refuses_is_refused_alone():
+def test_a_model_the_qpu_refuses_is_refused_alone(trusted_test_factory):
     """A session whose model is out of the QPU's range fails on its own; the packed call it
     would have joined runs without it."""
     good = _native_model("chimera_c4", 4, 4, seed=1)
