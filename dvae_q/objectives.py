@@ -100,7 +100,9 @@ def iw_bound(log_weights: torch.Tensor) -> torch.Tensor:
 @dataclass
 class ObjectiveResult:
     """The loss to minimise (without weight decay, which the optimiser applies) and honest
-    diagnostics, all floats (a surrogate is never logged as a KL or a bound):
+    diagnostics, kept as detached 0-d tensors on the model's device (`tensors`) and read as
+    floats (`metrics`) only when a row is logged, since on a GPU every read is a host
+    synchronisation (a surrogate is never logged as a KL or a bound):
 
     * 'recon': mean −log p(x|ζ) over the B·K rows;
     * 'iw_ess': mean effective sample size 1/Σ w̃² of the IW weights (DVAE#, K > 1);
@@ -113,7 +115,12 @@ class ObjectiveResult:
     """
 
     loss: torch.Tensor
-    metrics: dict = field(default_factory=dict)
+    tensors: dict = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The diagnostics as floats (a host synchronisation on a GPU: read on logged steps)."""
+        return {key: float(value) for key, value in self.tensors.items()}
 
 
 class ForwardPass(NamedTuple):
@@ -138,8 +145,8 @@ def _elbo(kl: torch.Tensor, fp: ForwardPass, metrics: dict) -> ObjectiveResult:
     """(1/(B·K)) Σ [κ·KL̂ − log p(x|ζ)], with KL̂ and the negative ELBO logged given a log Z."""
     loss = (fp.kappa * kl + fp.recon).mean()
     if fp.log_z_value is not None:
-        metrics["kl"] = float(kl.detach().mean())
-        metrics["approx_bound"] = float((kl + fp.recon).detach().mean())
+        metrics["kl"] = kl.detach().mean()
+        metrics["approx_bound"] = (kl + fp.recon).detach().mean()
     return ObjectiveResult(loss, metrics)
 
 
@@ -149,25 +156,25 @@ def sampled_kl_objective(model, fp: ForwardPass) -> ObjectiveResult:
     K > 1: the IW loss, κ inside the weights; the logged bound is the model's, taken at κ = 1."""
     log_p, residual = model.prior_log_prob(fp.zeta, fp.log_z_sur)
     log_q = sum(g.log_q for g in fp.groups)
-    metrics = {"recon": float(fp.recon.detach().mean())}
+    metrics = {"recon": fp.recon.detach().mean()}
     if residual is not None:
         metrics["mf_residual"] = residual
     if fp.k == 1:
         return _elbo(log_q - log_p, fp, metrics)
     ell = (fp.kappa * (log_p - log_q) - fp.recon).reshape(-1, fp.k)
     loss, ess = iw_loss(ell)
-    metrics["iw_ess"] = float(ess)
+    metrics["iw_ess"] = ess.detach()
     if fp.log_z_value is not None:
-        metrics["kl"] = float((log_q - log_p).detach().mean())
+        metrics["kl"] = (log_q - log_p).detach().mean()
         ell_model = ((log_p - log_q) - fp.recon).detach().reshape(-1, fp.k)
-        metrics["approx_bound"] = float(iw_bound(ell_model))
+        metrics["approx_bound"] = iw_bound(ell_model)
     return ObjectiveResult(loss, metrics)
 
 
 def analytic_kl_objective(model, fp: ForwardPass) -> ObjectiveResult:
     """DVAE++: the ELBO with the analytic KL̂ = CE − H. ν uses the log-ratio b(ζ) only with
     several groups of an overlapping relaxation; with one group it is zeroed (ν = q)."""
-    metrics = {"recon": float(fp.recon.detach().mean())}
+    metrics = {"recon": fp.recon.detach().mean()}
     q_logits = torch.cat([g.logits for g in fp.groups], -1)
     if len(fp.groups) == 1 or not model.relaxation.overlapping:
         nu_logits = q_logits
@@ -181,7 +188,7 @@ def rolfe_objective(model, fp: ForwardPass) -> ObjectiveResult:
     not a KL, so neither a KL nor a bound is logged); with one group, the analytic KL."""
     if len(fp.groups) == 1:
         return analytic_kl_objective(model, fp)
-    metrics = {"recon": float(fp.recon.detach().mean())}
+    metrics = {"recon": fp.recon.detach().mean()}
     logits, zetas = [g.logits for g in fp.groups], [g.zeta for g in fp.groups]
     kl = rolfe_surrogate(logits, zetas, model.prior, fp.negative_samples)
     return ObjectiveResult((fp.kappa * kl + fp.recon).mean(), metrics)

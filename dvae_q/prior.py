@@ -79,7 +79,7 @@ class RBMPrior(nn.Module):
         m starts at 0.5; each sweep updates the right block, then the left, under no_grad.
         Value: log Ẑ(ζ) − log_z_sur (with log Ẑ = −E_aug(m, ζ) + H(m)). Gradient: that of
         −E_aug(sg(m), ζ) − log_z_sur, so ∂/∂a = m − E_s[z], ∂/∂W = m_L m_Rᵀ − E_s[z_L z_Rᵀ] and
-        ∂/∂ζ = b′(ζ)m + c′(ζ). Returns (log p̂ per row, mean-field residual max |m − σ(field)|).
+        ∂/∂ζ = b′(ζ)m + c′(ζ). Returns (log p̂ per row, mean-field residual max |m − σ(field)|, a detached 0-d tensor).
         """
         if num_sweeps < 1:
             raise ValueError(f"mean field needs at least one sweep, got {num_sweeps}")
@@ -111,7 +111,7 @@ class RBMPrior(nn.Module):
         )
         x = neg_e_aug - log_z_sur
         value = (neg_e_aug + entropy).detach() - log_z_sur.detach()
-        return value + (x - x.detach()), float(residual)
+        return value + (x - x.detach()), residual
 
     def gi_lambda(self, lam_floor: float) -> float:
         """λ = max(floor, σ_max(W) + 5) from the current W at every call, detached: a constant,

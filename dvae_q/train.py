@@ -281,19 +281,21 @@ def _prior_from(record: dict) -> samplers.BipartiteModel:
                                    record["mask"], record["beta"])
 
 
-def _optimise(parts: Parts, carry: Carry, run: RunDir, negatives, kappa: float):
-    """Forward, backward and step; RunFailure if the loss, a parameter or a moment is not finite."""
+def _optimise(parts: Parts, carry: Carry, run: RunDir, negatives, kappa: float, check: bool):
+    """Forward, backward and step; with `check`, RunFailure if the loss, a parameter or a
+    moment is not finite (a host synchronisation on a GPU, so there it is done on the steps
+    that log or checkpoint: no non-finite state is ever written)."""
     model, optimizer = parts.model, parts.optimizer
     latest = carry.log_z["log_z"] if carry.log_z else None  # labels 'kl'/'approx_bound' honest
     result = model(next(parts.batches), negatives, k=parts.cfg.k, kappa=kappa, log_z_value=latest,
                    generator=parts.posterior_gen)
-    if not torch.isfinite(result.loss):
+    if check and not torch.isfinite(result.loss):
         raise RunFailure(f"loss became {result.loss.item()} at step {carry.step}; training "
                          f"stopped, the last good checkpoint is {run.last}")
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
     optimizer.step()
-    if not _finite(model, optimizer):
+    if check and not _finite(model, optimizer):
         raise RunFailure(f"parameters or optimiser state became non-finite at step {carry.step} "
                          f"(learning rate or β too large?); the last good checkpoint is {run.last}")
     return result
@@ -365,8 +367,12 @@ def _loop(parts: Parts, run: RunDir, metrics, bar, reporter: Reporter, carry: Ca
         # --- negative phase, then forward, backward, step ---
         negatives, sampler_info = _negative_phase(parts, carry, run)
         _account(cfg, carry, sampler_info)
-        result = _optimise(parts, carry, run, negatives, kappa)
-        carry.step = done = step + 1
+        done = step + 1
+        logged = done % cfg.log_every == 0 or done % cfg.checkpoint_every == 0 \
+            or done % cfg.eval_every == 0 or done == cfg.steps
+        result = _optimise(parts, carry, run, negatives, kappa,
+                           check=parts.device.type == "cpu" or logged)
+        carry.step = done
 
         # --- log: one row per logged step, evaluation merged into it ---
         now = time.perf_counter()
