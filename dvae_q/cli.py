@@ -221,10 +221,12 @@ def _cmd_calibrate(args) -> int:
     from samplers.temperature import TemperatureEstimationError, calibrate_cli
 
     try:
-        report = calibrate_cli(topology=args.topology, sampler=args.sampler,
-                               num_reads=args.num_reads, seed=args.seed,
-                               child_sampler=args.child_sampler, estimator=args.estimator,
-                               num_bootstrap=args.bootstrap, max_iterations=args.max_iterations)
+        with _reporter(args).task("calibrate", unit="sampler calls") as progress:
+            report = calibrate_cli(topology=args.topology, sampler=args.sampler, progress=progress,
+                                   num_reads=args.num_reads, seed=args.seed,
+                                   child_sampler=args.child_sampler, estimator=args.estimator,
+                                   num_bootstrap=args.bootstrap,
+                                   max_iterations=args.max_iterations)
     except (SamplerFailure, TemperatureEstimationError) as exc:
         raise RunFailure(f"calibration failed: {exc}") from None
     print(report)

@@ -309,12 +309,15 @@ def check_calibration_settings(num_samples, estimator: str = "mpl", num_bootstra
         raise CalibrationSettingError(f"calibrate: max_iterations must be >= 1, got {max_iterations!r}")
 
 
-def _mpl_loop(sampler, model, num_samples, max_iterations, num_bootstrap, seed, history):
+def _mpl_loop(sampler, model, num_samples, max_iterations, num_bootstrap, seed, history,
+              progress=None):
     """Pseudo-likelihood loop: β_eff ← β̂ of the samples against the programmed problem, until
     the samples' β against the model is model.beta within 2 bootstrap errors."""
     scalable = isinstance(sampler, TemperatureScaled)
     for it in range(1, max_iterations + 1):
         z, info = sampler.draw(model, num_samples)
+        if progress is not None:
+            progress.update(1)
         at_model = estimate_beta(model, z, num_bootstrap=num_bootstrap, seed=seed,
                                  beta_guess=max(model.beta, 1e-3))
         if not scalable:
@@ -328,13 +331,16 @@ def _mpl_loop(sampler, model, num_samples, max_iterations, num_bootstrap, seed, 
     return Measurement("mpl", measured.beta, measured.stderr, at_model.beta, it, converged), info
 
 
-def _energy_loop(sampler, model, num_samples, max_iterations, reference, history):
+def _energy_loop(sampler, model, num_samples, max_iterations, reference, history,
+                 progress=None):
     """Energy-matching loop: β_eff ← β_eff·β̂/β₀ with β̂ the energy-matched β of the samples (a
     scaled sampler samples exp(−β_dev·β₀/β_eff·E), so β_dev = β_eff·β̂/β₀), until the samples'
     mean energy is the reference's within ENERGY_GAP_SIGMAS combined standard errors."""
     scalable = isinstance(sampler, TemperatureScaled)
     for it in range(1, max_iterations + 1):
         z, info = sampler.draw(model, num_samples)
+        if progress is not None:
+            progress.update(1)
         match = match_energy(model, z, reference)
         converged = not match.clipped and abs(match.gap) <= ENERGY_GAP_SIGMAS * match.gap_stderr
         if not scalable:
@@ -351,7 +357,7 @@ def _energy_loop(sampler, model, num_samples, max_iterations, reference, history
 
 def calibrate(sampler, model: BipartiteModel, num_samples: int = 1000, *,
               estimator: str = "mpl", max_iterations: int = 5, num_bootstrap: int = 100,
-              seed: int | None = 0, reference=None) -> CalibrationResult:
+              seed: int | None = 0, reference=None, progress=None) -> CalibrationResult:
     """Measure β_eff at `model` (e.g. the current prior) and update the sampler's scaling.
 
     `estimator`: "mpl" (pseudo-likelihood against the programmed problem, looped until the
@@ -362,6 +368,7 @@ def calibrate(sampler, model: BipartiteModel, num_samples: int = 1000, *,
     A sampler that is not `TemperatureScaled` is measured once per estimator. `reference`: an
     `EnergyReference`, a `Sampler` to draw one with, or None (see `energy_reference`). `seed` fixes
     the bootstrap and the reference. Raises CalibrationSettingError for meaningless settings.
+    `progress` (anything with `update(n)`) counts sampler calls.
     """
     check_calibration_settings(num_samples, estimator, num_bootstrap, max_iterations)
     boot_seed, ref_seed = spawn_seeds(seed, 2)
@@ -370,12 +377,12 @@ def calibrate(sampler, model: BipartiteModel, num_samples: int = 1000, *,
     runs = {}
     if estimator in ("mpl", "both"):
         runs["mpl"], info = _mpl_loop(sampler, model, num_samples, max_iterations, num_bootstrap,
-                                      boot_seed, history)
+                                      boot_seed, history, progress)
     if estimator in ("energy", "both"):
         if not isinstance(reference, EnergyReference):
             reference = energy_reference(model, sampler=reference, seed=ref_seed)
         runs["energy"], info = _energy_loop(sampler, model, num_samples, max_iterations,
-                                            reference, history)
+                                            reference, history, progress)
     primary = runs["energy" if estimator == "energy" else "mpl"]
     if scalable and estimator == "both":
         sampler.set_beta_eff(primary.beta_eff)
@@ -430,7 +437,8 @@ def _factory_takes_seed(spec) -> bool:
 
 def calibrate_cli(topology, sampler: str = "qpu", num_reads: int = 1000, seed: int = 0,
                   child_sampler=None, num_left=None, num_right=None, estimator: str = "mpl",
-                  num_bootstrap: int = 100, max_iterations: int = 5) -> CalibrationResult:
+                  num_bootstrap: int = 100, max_iterations: int = 5,
+                  progress=None) -> CalibrationResult:
     """What `dvae-q calibrate` runs: calibrate `sampler` on a random native probe RBM of
     `topology` (or a dense 16+16 one for embedded topologies); str() of the result is the report.
 
@@ -459,4 +467,4 @@ def calibrate_cli(topology, sampler: str = "qpu", num_reads: int = 1000, seed: i
     model = random_native_model(topo, num_left, num_right, seed=model_seed)
     return calibrate(smp, model, num_samples=num_reads, estimator=estimator,
                      num_bootstrap=num_bootstrap, max_iterations=max_iterations,
-                     seed=calibration_seed)
+                     seed=calibration_seed, progress=progress)
