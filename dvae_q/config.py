@@ -246,7 +246,7 @@ def dwave_token() -> str | None:
         return None
 
 
-def _refuse_secrets(value: Any, path: str, token: str | None) -> None:
+def refuse_secrets(value: Any, path: str, token: str | None) -> None:
     """BadInput if any key under `value` names a credential or any string equals the token."""
     if isinstance(value, dict):
         for key, item in value.items():
@@ -255,10 +255,10 @@ def _refuse_secrets(value: Any, path: str, token: str | None) -> None:
                 raise BadInput(f"config key '{name}': credentials never go in a config (it is "
                                "copied to run directories); set DWAVE_API_TOKEN or use the dwave "
                                "config file")
-            _refuse_secrets(item, name, token)
+            refuse_secrets(item, name, token)
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _refuse_secrets(item, f"{path}[{i}]", token)
+            refuse_secrets(item, f"{path}[{i}]", token)
     elif isinstance(value, str) and token and len(token) >= 4 and token in value:
         raise BadInput(f"config key '{path}': holds the D-Wave API token; a config is copied to "
                        "run directories, so the token is refused here")
@@ -283,14 +283,14 @@ def _check_consistency(cfg: Config) -> None:
     _check_device(cfg.device)
     # the environment's token here; the dwave config file's too (a slower lookup) when a run
     # directory is about to be written: `refuse_token`
-    _refuse_secrets(cfg.to_dict(), "", os.environ.get("DWAVE_API_TOKEN"))
+    refuse_secrets(cfg.to_dict(), "", os.environ.get("DWAVE_API_TOKEN"))
     _check_sampler(cfg)
 
 
 def refuse_token(cfg: Config) -> None:
     """BadInput if any value of `cfg` holds the token the D-Wave client would use (from the
     environment or the dwave config file). Called before a config is written anywhere."""
-    _refuse_secrets(cfg.to_dict(), "", dwave_token())
+    refuse_secrets(cfg.to_dict(), "", dwave_token())
 
 
 def _check_device(name: str) -> None:
@@ -385,7 +385,7 @@ def read_yaml(path: Path, what: str = "a config file") -> Any:
         raise BadInput(str(exc)) from None
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+def parse_override(item: str) -> tuple[str, Any]:
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise BadInput("--set expects key=value")
@@ -413,7 +413,7 @@ def load_config(path: str | Path | Mapping | None = None,
     raw.pop("description", None)  # one-line summary shown by `dvae-q configs`
     for key, value in raw.items():
         _apply(cfg, str(key), value)
-    pairs = overrides.items() if isinstance(overrides, Mapping) else map(_parse_override, overrides)
+    pairs = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
     for key, value in pairs:
         _apply(cfg, str(key), value)
     _check_consistency(cfg)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import time
 
-import yaml
-
 from dvae_q.errors import BadInput, RunFailure
 
 SET_PREFIX = "sampler_options."
@@ -22,27 +20,25 @@ SET_PREFIX = "sampler_options."
 def parse_sets(items: list[str] | None, sampler: str) -> dict:
     """`--set sampler_options.NAME.KEY=VALUE` (or `KEY=VALUE`) as the served sampler's options;
     values are YAML, as in `dvae-q train --set`."""
+    from dvae_q.config import dwave_token, parse_override, refuse_secrets
+
     options = {}
     for item in items or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise BadInput(f"--set expects key=value, got '{item}'")
-        key = key.strip()
+        key, value = parse_override(item)  # strict YAML; the value is never echoed
+        given = key
         if key.startswith(SET_PREFIX):
             name, _, key = key[len(SET_PREFIX):].partition(".")
             if name != sampler:
-                raise BadInput(f"--set {item.partition('=')[0]}: this service runs sampler "
-                               f"'{sampler}', not '{name}'")
-        try:
-            value = yaml.safe_load(text) if text else None
-        except yaml.YAMLError:
-            raise BadInput(f"--set {key}: cannot parse value '{text}'") from None
+                raise BadInput(f"--set {given}: this service runs sampler '{sampler}', "
+                               f"not '{name}'")
         if not key:
             if not isinstance(value, dict):
-                raise BadInput(f"--set {item}: expected a mapping of options")
+                raise BadInput(f"--set {given}: expected a mapping of options")
             options.update(value)
         else:
             options[key] = value
+    # the options are shown to every session of the service: never a credential
+    refuse_secrets(options, f"{SET_PREFIX}{sampler}", dwave_token())
     return options
 
 

@@ -248,6 +248,27 @@ TRUSTED_IMPORTS = ("samplers", "dwave", "dimod")
 TRUSTED_IMPORTS_ENV = "DVAEQ_TRUSTED_IMPORTS"
 
 
+def _installed(module: str) -> bool:
+    """Whether `module`'s file lies in an installed package (site-packages) or in this
+    `samplers` package, and not in some folder that happens to be on sys.path."""
+    import importlib.util
+    import site
+    import sysconfig
+    from pathlib import Path
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return True  # it does not import at all: import_object says so next
+    if spec is None or spec.origin is None:
+        return True
+    paths = sysconfig.get_paths()
+    roots = {paths["purelib"], paths["platlib"], *site.getsitepackages(),
+             str(Path(__file__).resolve().parent)}
+    origin = Path(spec.origin).resolve()
+    return any(origin.is_relative_to(Path(root).resolve()) for root in roots)
+
+
 def import_object(spec: str, what: str):
     """The object an import path names ("module:attr", or "module.attr"), from a trusted
     package (TRUSTED_IMPORTS, plus the comma-separated packages in $DVAEQ_TRUSTED_IMPORTS).
@@ -260,11 +281,17 @@ def import_object(spec: str, what: str):
     if not module or not attr:
         raise SamplerOptionError(f"{what}: not an import path 'module:name'")
     extra = [p.strip() for p in os.environ.get(TRUSTED_IMPORTS_ENV, "").split(",") if p.strip()]
-    if module.split(".")[0] not in (*TRUSTED_IMPORTS, *extra):
-        raise SamplerOptionError(
-            f"{what}: '{module}' is outside the trusted packages ({', '.join(TRUSTED_IMPORTS)}); "
-            f"add its package to {TRUSTED_IMPORTS_ENV} if you trust it"
-        )
+    top = module.split(".")[0]
+    outside = SamplerOptionError(
+        f"{what}: '{module}' is outside the trusted packages ({', '.join(TRUSTED_IMPORTS)}); "
+        f"add its package to {TRUSTED_IMPORTS_ENV} if you trust it"
+    )
+    if top not in (*TRUSTED_IMPORTS, *extra):
+        raise outside
+    if top not in extra and not _installed(module):
+        # `dwave` is a namespace package: a `dwave/` folder beside a shared run directory (on
+        # sys.path as the working folder) would add modules to it
+        raise outside
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError):

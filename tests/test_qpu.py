@@ -232,8 +232,8 @@ def test_token_never_leaks(tmp_path, monkeypatch):
     for text in (repr(sampler), repr(info), repr(sampler.state_dict())):
         assert SECRET not in text
     # the real client with the token set, at an endpoint it cannot use (fails at once, offline)
-    real = samplers.get("qpu", topology="chimera_c4", max_retries=0,
-                        client_config={"endpoint": "file:///nonexistent/"})
+    monkeypatch.setenv("DWAVE_API_ENDPOINT", "file:///nonexistent/")
+    real = samplers.get("qpu", topology="chimera_c4", max_retries=0)
     with pytest.raises((QPUError, QPUConfigError)) as err:
         real.sample(model, 5)
     assert SECRET not in str(err.value) and SECRET not in repr(real)
@@ -839,3 +839,12 @@ def test_a_tiled_draw_is_one_call_of_its_sampler_and_followers_take_it():
     assert follower.calls == 1 and follower.beta_eff == host.beta_eff
     assert follower.measure_beta_eff(num_bootstrap=0).beta == pytest.approx(
         host.measure_beta_eff(num_bootstrap=0).beta)
+
+
+def test_a_config_cannot_redirect_the_token():
+    """Where the token is sent comes from the user's environment or dwave config file: a
+    config (perhaps someone else's run directory) may not set the endpoint or a config file."""
+    for key in ("endpoint", "config_file", "proxy", "headers"):
+        with pytest.raises(samplers.SamplerOptionError, match="client_config"):
+            samplers.get("qpu", topology="chimera_c4", client_config={key: "https://elsewhere/"})
+    samplers.get("qpu", topology="chimera_c4", client_config={"profile": "prod", "region": "eu"})

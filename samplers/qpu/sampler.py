@@ -31,6 +31,9 @@ from samplers.qpu import client, draws, packing, plan as plans, timing
 from samplers.qpu.calls import Flight, Retry
 from samplers.qpu.range_guard import POLICIES, RangeGuardComposite
 
+# Client settings a config may hold; whatever decides where the token is sent (endpoint,
+# config file, proxy, headers) comes from the user's environment or dwave config file only.
+CLIENT_KEYS = ("profile", "region", "request_timeout", "polling_timeout")
 # Solver parameters this backend sets itself; anything else goes through `solver_parameters`.
 QPU_PARAMETERS = ("annealing_time", "programming_thermalization", "readout_thermalization")
 # Options a topology file's `qpu:` block may default (facts about a chip and its solver); code
@@ -64,9 +67,10 @@ PARAMETERS = {
                             "null: DWaveSampler", nullable=True),
     "child_kwargs": Option({}, (dict,), None, "keyword arguments of the child factory"),
     "solver": Option(None, (str, dict), None, "solver name or feature filter", nullable=True),
-    "client_config": Option({}, (dict,), None,
-                            "DWaveSampler/dwave.cloud options (profile, region, "
-                            "config_file, endpoint); never a token"),
+    "client_config": Option({}, (dict,), lambda v: set(v) <= {*CLIENT_KEYS, "token"},
+                            "dwave.cloud options: " + ", ".join(CLIENT_KEYS) + "; the endpoint, "
+                            "config file, proxy and headers come from the environment or your "
+                            "dwave config file, so a shared config cannot redirect your token"),
     "beta_eff": Option(None, (int, float), positive, "initial β_eff > 0", nullable=True),
     "num_reads": Option(None, (int,), lambda v: 1 <= v <= timing.MAX_READS,
                         "reads per call, 1..10000", nullable=True),
