@@ -144,13 +144,12 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from dvae_q.run import load_run
+    from topologies.cache import write_atomic
 
     run = load_run(args.run_dir, args.checkpoint)
     record = run.evaluate(args.split, iw_samples=args.iw_samples, ais_temps=args.ais_temps,
                           ais_chains=args.ais_chains, limit=args.eval_limit,
                           bracket=not args.no_raise, reporter=_reporter(args))
-    out = run.path / f"eval_{args.split}_k{args.iw_samples}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
     line = (f"{args.split} NLL {record['nll']:.3f} nats (K_eval={args.iw_samples}, "
             f"{record['num_points']} points, step {record['step']}), "
             f"log Z {record['log_z_ais']:.3f} ± {record['log_z_ais_stderr']:.3f} (AIS)")
@@ -161,8 +160,22 @@ def _cmd_eval(args) -> int:
     elif record["bracket_inverted"]:
         line += (f"; RAISE {record['log_z_raise']:.3f} ± {record['log_z_raise_stderr']:.3f} is "
                  "BELOW AIS beyond their errors: the bracket is inverted and no bound is claimed")
-    print(line)
+    print(line, flush=True)  # the result first: a read-only shared run still gets its answer
+    limit = f"_first{args.eval_limit}" if args.eval_limit is not None else ""
+    out = run.path / f"eval_{args.split}_k{args.iw_samples}_{args.checkpoint}{limit}.json"
+    try:
+        write_atomic(out, json.dumps(record, indent=2) + "\n")
+    except OSError as exc:
+        raise RunFailure(f"the evaluation is above, but {out} could not be written "
+                         f"({exc.strerror or type(exc).__name__})") from None
     return 0
+
+
+def _write(out: Path, save, *args, **kwargs) -> None:
+    try:
+        save(*args, **kwargs)
+    except OSError as exc:
+        raise BadInput(f"cannot write {out} ({exc.strerror or type(exc).__name__})") from None
 
 
 def _cmd_sample(args) -> int:
@@ -174,20 +187,22 @@ def _cmd_sample(args) -> int:
         raise BadInput(f"--out {out} is a folder; give a PNG file name")
     if not out.parent.is_dir():
         raise BadInput(f"folder {out.parent} does not exist")
+    if out.suffix.lower() != ".png":
+        raise BadInput(f"--out {out}: the grid is written as PNG; give a .png file name")
     run = load_run(args.run_dir, args.checkpoint)
     cfg = run.config
     if args.reconstructions:
         inputs = run.test_images(args.num)
         caption = (f"step {run.step:,} · {cfg.method} K={cfg.k} · test images (left) and the "
                    "discrete model's reconstructions (right)")
-        figures.save_reconstructions(inputs.numpy(), run.reconstruct(inputs).numpy(), out,
-                                     caption=caption)
+        _write(out, figures.save_reconstructions, inputs.numpy(),
+               run.reconstruct(inputs).numpy(), out, caption=caption)
         print(f"wrote {args.num} test images and their reconstructions to {out}")
         return 0
     name = args.sampler or cfg.sampler
     images = run.sample(args.num, args.sampler)
     caption = f"step {run.step:,} · {cfg.method} K={cfg.k} · sampler {name} · decoded prior samples"
-    figures.save_image_grid(images.numpy(), out, caption=caption)
+    _write(out, figures.save_image_grid, images.numpy(), out, caption=caption)
     print(f"wrote {args.num} decoded prior samples ({name}) to {out}")
     return 0
 
@@ -220,6 +235,8 @@ def _cmd_calibrate(args) -> int:
     from samplers import SamplerFailure
     from samplers.temperature import TemperatureEstimationError, calibrate_cli
 
+    if args.seed < 0:
+        raise BadInput("calibrate: --seed must be >= 0")
     try:
         with _reporter(args).task("calibrate", unit="sampler calls") as progress:
             report = calibrate_cli(topology=args.topology, sampler=args.sampler, progress=progress,

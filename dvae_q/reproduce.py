@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-import yaml
 
 from topologies.cache import write_atomic
+from dvae_q.config import parse_override
 from dvae_q import paper_table
 from dvae_q.errors import BadInput, RunFailure
 from dvae_q.methods import METHODS
@@ -68,9 +68,9 @@ class Variant:
         """The overrides that change which cell this is (dataset, structure, method, K)."""
         fields = {}
         for item in self.overrides:
-            key, _, text = item.partition("=")
+            key, value = parse_override(item)
             if key in CELL_KEYS:
-                fields[key] = yaml.safe_load(text)
+                fields[key] = value
         return fields
 
     def config_overrides(self) -> list[str]:

@@ -135,7 +135,8 @@ def _check_eval_args(split, iw_samples, ais_temps, ais_chains, limit) -> None:
     if split not in ("valid", "test"):
         raise BadInput(f"split must be 'valid' or 'test', got {split!r}")
     for name, value, least in (("iw_samples", iw_samples, 1), ("ais_temps", ais_temps, 2),
-                               ("ais_chains", ais_chains, 2), ("limit", limit or 1, 1)):
+                               ("ais_chains", ais_chains, 2),
+                               ("limit", 1 if limit is None else limit, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             # one temperature is the base distribution alone and one chain has no error bar:
             # the estimate would be printed as exact while meaning nothing

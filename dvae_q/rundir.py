@@ -17,6 +17,7 @@ a second process on the same directory is refused at once.
 from __future__ import annotations
 
 import fcntl
+import logging
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ CONFIG = "config.yaml"
 METRICS = "metrics.csv"
 RESULTS = "results.json"
 LOCK = ".lock"
+log = logging.getLogger(__name__)
 
 
 def _os_error(path: Path, exc: OSError, doing: str) -> BadInput:
@@ -81,6 +83,11 @@ class RunDir:
         raw = read_yaml(self.config_file)
         if not isinstance(raw, dict):
             raise BadInput(f"{self.config_file} is not a resolved config (not a mapping)")
+        if _unavailable(raw.get("device")):
+            # a run trained on a GPU is still loadable, evaluable and resumable without one
+            log.warning("%s was trained on %s, which is not available here: using the CPU",
+                        self.path, raw["device"])
+            raw = {**raw, "device": "cpu"}
         try:
             return config_from_dict(raw)
         except BadInput as exc:
@@ -142,6 +149,19 @@ class RunDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _unavailable(device) -> bool:
+    """Whether a stored device name is a CUDA device this machine does not have."""
+    import torch
+
+    if not isinstance(device, str) or not device.startswith("cuda"):
+        return False
+    try:
+        index = torch.device(device).index or 0
+    except (RuntimeError, ValueError):
+        return False  # not a device name at all: the config's own check says so
+    return not torch.cuda.is_available() or index >= torch.cuda.device_count()
 
 
 def _umask() -> int:

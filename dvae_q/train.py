@@ -164,7 +164,8 @@ class Carry:
 
     def record(self) -> dict:
         return {"best_valid_nll": self.best_valid_nll, "wall_time_s": self.wall_time_s,
-                "log_z": self.log_z, "qpu_totals": dict(self.qpu), "in_flight": self.in_flight}
+                "log_z": self.log_z, "qpu_totals": dict(self.qpu), "in_flight": self.in_flight,
+                "stopped": self.stopped}
 
 
 # sampler info keys summed over a run: QPU use, for budgets and results.json
@@ -183,10 +184,13 @@ def _start(parts: Parts, run: RunDir, resume: bool) -> Carry:
         return Carry()
     state = checkpoint.load(run.last)
     _restore(parts, state, run.last)
-    carry = Carry(step=state["step"], best_valid_nll=state["best_valid_nll"],
-                  wall_time_s=state["wall_time_s"], log_z=state["log_z"],
-                  in_flight=state.get("in_flight"))
-    carry.qpu.update(state.get("qpu_totals") or {})
+    try:
+        carry = Carry(step=int(state["step"]), best_valid_nll=float(state["best_valid_nll"]),
+                      wall_time_s=float(state["wall_time_s"]), log_z=state["log_z"],
+                      in_flight=state.get("in_flight"), stopped=state.get("stopped"))
+        carry.qpu.update(state.get("qpu_totals") or {})
+    except (KeyError, TypeError, ValueError):
+        raise BadInput(f"{run.last} is not a complete dvae-q checkpoint") from None
     return carry
 
 
@@ -228,7 +232,13 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, quiet: bool = Fal
     if not resume:
         run.check_new()
     parts = parts or build_parts(cfg)
-    parts.sampler.preflight()
+    try:
+        parts.sampler.preflight()
+    except SAMPLER_FAILURES as exc:
+        if isinstance(exc, samplers.SamplerOptionError):
+            raise
+        raise RunFailure(f"sampler '{cfg.sampler}' is not reachable ({type(exc).__name__}: "
+                         f"{_one_line(exc)})") from exc
     if cfg.prefetch and not isinstance(parts.sampler, samplers.Submitting):
         raise BadInput(f"config key 'prefetch': sampler '{cfg.sampler}' has no calls in flight to "
                        "overlap (prefetch helps a qpu sampler); set prefetch: false")
@@ -236,19 +246,29 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, quiet: bool = Fal
         _budget_check(parts, reporter, Carry())
     try:
         carry = _start(parts, run, resume)
-        if resume:
+        if resume and carry.stopped is None:  # a run stopped at its budget only finishes
             _budget_check(parts, reporter, carry)
-        board = cfg.tensorboard if cfg.tensorboard is not None else metrics_file.tensorboard_available()
-        metrics = metrics_file.MetricsWriter(run.metrics_file, resume_step=carry.step if resume else None,
-                                             tensorboard=board)
-        try:
-            with reporter.task("train", total=cfg.steps, initial=carry.step, unit="steps") as bar:
-                _loop(parts, run, metrics, bar, reporter, carry)
-        finally:
-            metrics.close()
-        return finish(parts, run, carry, reporter)
+        return _train_and_finish(parts, run, reporter, carry, resume)
+    except OSError as exc:  # a full disk or a folder that became read-only, outside checkpoints
+        raise RunFailure(f"cannot write in {run.path} ({exc.strerror or type(exc).__name__}); "
+                         f"the last good checkpoint is {run.last}") from None
     finally:
         run.unlock()
+        parts.sampler.close()  # a cloud client or a service session is released
+
+
+def _train_and_finish(parts: Parts, run: RunDir, reporter: Reporter, carry: Carry,
+                      resume: bool) -> dict:
+    cfg = parts.cfg
+    board = cfg.tensorboard if cfg.tensorboard is not None else metrics_file.tensorboard_available()
+    metrics = metrics_file.MetricsWriter(run.metrics_file, resume_step=carry.step if resume else None,
+                                         tensorboard=board)
+    try:
+        with reporter.task("train", total=cfg.steps, initial=carry.step, unit="steps") as bar:
+            _loop(parts, run, metrics, bar, reporter, carry)
+    finally:
+        metrics.close()
+    return finish(parts, run, carry, reporter)
 
 
 def _negative_phase(parts: Parts, carry: Carry, run: RunDir):

@@ -189,6 +189,10 @@ class Sampler:
         for reasons the user must fix (e.g. missing credentials); raise SamplerOptionError.
         Training calls it before it creates a run directory. Local backends need nothing."""
 
+    def close(self) -> None:
+        """Release what the sampler holds outside the process (a cloud client, a service
+        session); local backends hold nothing."""
+
     def state_dict(self) -> dict:
         """Persistent state for checkpoints; stateless backends return {}."""
         return {}

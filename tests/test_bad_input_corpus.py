@@ -51,6 +51,7 @@ def _fill(value, places: dict):
 def _prepare_run(case, source: Path, target: Path, marker: Path, places: dict) -> None:
     shutil.copytree(source, target)
     for name, text in (case.get("run_files") or {}).items():
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
         (target / name).write_text(_fill(text, places))
     if case.get("run_config"):
         config = yaml.safe_load((target / "config.yaml").read_text())

@@ -55,7 +55,7 @@ def test_python_evaluation_is_the_cli_evaluation(smoke_run, capsys):
     assert main(["eval", str(smoke_run.path), "--iw-samples", "5", "--ais-temps", "30",
                  "--ais-chains", "16", "--eval-limit", "25"]) == 0
     capsys.readouterr()
-    record = json.loads((smoke_run.path / "eval_test_k5.json").read_text())
+    record = json.loads((smoke_run.path / "eval_test_k5_best_first25.json").read_text())
     assert record == report  # same seeds, same numbers: the CLI is a thin layer
 
 

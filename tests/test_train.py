@@ -168,7 +168,7 @@ def test_eval_and_sample_commands(tmp_path, capsys):
                  "--ais-temps", "50", "--ais-chains", "64"]) == 0
     out = capsys.readouterr().out.strip()
     assert out.count("\n") == 0 and "test NLL" in out and "RAISE" in out
-    record = json.loads((run / "eval_test_k8.json").read_text())
+    record = json.loads((run / "eval_test_k8_best_first30.json").read_text())
     assert record["num_points"] == 30 and record["nll"] > 0
     png = tmp_path / "grid.png"
     assert main(["sample", str(run), "--num", "16", "--sampler", "exact", "--out", str(png)]) == 0

@@ -168,7 +168,8 @@ def _bipartite(family: str, shape: tuple[int, ...], broken_qubits=(), broken_cou
     if family == "chimera":
         side = {q: dg.chimera_two_color(d["chimera_index"]) for q, d in g.nodes(data=True)}
     else:
-        # Pegasus/Zephyr: orientation u; only couplers joining different u are kept (notes §7)
+        # Pegasus/Zephyr are not bipartite (odd couplers and cycles); the internal couplers,
+        # joining qubits of different orientation u, form a bipartite subgraph with sides by u
         key = f"{family}_index"
         side = {q: d[key][0] for q, d in g.nodes(data=True)}
     edges = np.array([(u, v) if side[u] == 0 else (v, u) for u, v in g.edges if side[u] != side[v]],

@@ -264,13 +264,31 @@ class SamplingService:
             self._wake.clear()
             if self.spec.packing and self.spec.pack_window_s > 0:
                 await asyncio.sleep(self.spec.pack_window_s)
-            for packer, group in plan(self._take_round(), self.spec.packing):
-                replies = await loop.run_in_executor(self._worker, self._execute, packer, group)
-                for item, reply in zip(group, replies):
-                    if not item.future.done():  # a caller that went away cancels its future
-                        item.future.set_result(reply)
+            batch = self._take_round()
+            try:
+                for packer, group in plan(batch, self.spec.packing):
+                    replies = await loop.run_in_executor(self._worker, self._guarded, packer,
+                                                         group)
+                    self._answer(group, replies)
+            except Exception as exc:  # noqa: BLE001 - the dispatcher must outlive any round
+                self._answer(batch, [self._refuse("failure", f"{type(exc).__name__}: "
+                                                  f"{one_line(exc)}")] * len(batch))
             if self._queue:
                 self._wake.set()
+
+    @staticmethod
+    def _answer(group: list[_Request], replies: list[dict]) -> None:
+        for item, reply in zip(group, replies):
+            if not item.future.done():  # a caller that went away cancels its future
+                item.future.set_result(reply)
+
+    def _guarded(self, packer, group: list[_Request]) -> list[dict]:
+        """`_execute`, with anything that fails after the device call (encoding the reply,
+        accounting) refused to this group alone, so the other sessions keep being served."""
+        try:
+            return self._execute(packer, group)
+        except Exception as exc:  # noqa: BLE001 - refused to the group, the service lives on
+            return [self._refuse("failure", f"{type(exc).__name__}: {one_line(exc)}")] * len(group)
 
     def _execute(self, packer, group: list[_Request]) -> list[dict]:
         """One device call for a group (worker thread): replies in the group's order. A group
@@ -305,7 +323,9 @@ class SamplingService:
         have, and afterwards the solver has the first member's: the one that made the call,
         which re-measured it if due, and whose β_eff the others took (`QPUSampler.follow`)."""
         members = [item.session.sampler for item in group]
-        solver = self._take_beta_eff(members)
+        # without packing each session is a sampler of its own, β_eff and its history included
+        # (so a session equals a local sampler and resumes exactly); packed sessions share it
+        solver = self._take_beta_eff(members) if self.spec.packing else None
         if packer is None:
             item = group[0]
             results = [members[0].draw(item.model, item.num_samples)]
