@@ -122,3 +122,19 @@ def test_an_inverted_bracket_is_flagged_and_never_reported_as_a_bound(caplog):
     fine = scores.bracket_record(logz.Bracket(lower, logz.LogZEstimate(414.9, 0.05, None)),
                                  {"test_nll": 90.0}, "in a test")
     assert fine["log_z_inverted"] == 0.0 and fine["test_nll_low"] < 90.0 < fine["test_nll_high"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks loading without a GPU")
+def test_a_run_trained_on_a_gpu_loads_on_a_machine_without_one(smoke_run, tmp_path, caplog):
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "gpu-run"
+    shutil.copytree(smoke_run.path, copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["device"] = "cuda"
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    run = dvae_q.load_run(copy)
+    assert run.config.device == "cpu" and "not available here" in caplog.text
+    assert run.sample(2).shape == (2, 784)
