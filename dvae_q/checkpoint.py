@@ -16,8 +16,11 @@ in it runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +77,7 @@ def save_atomic(state: dict, path: Path) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; match the run's other files
-        with os.fdopen(fd, "wb") as handle:
+        with _interrupt_deferred(), os.fdopen(fd, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -88,6 +91,28 @@ def save_atomic(state: dict, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _interrupt_deferred():
+    """Hold Ctrl-C until the file is written and closed.
+
+    A KeyboardInterrupt raised inside torch's zip writer makes its clean-up fail with an unrelated
+    RuntimeError that hides the interrupt; a save takes milliseconds, so the interrupt waits.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    pending = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def remove_orphans(folder: Path) -> None:

@@ -176,6 +176,41 @@ def test_orphaned_temporary_checkpoints_are_removed_on_resume(tmp_path):
     assert not orphan.exists()
 
 
+class _InterruptingFile:
+    """A file that delivers Ctrl-C to this process once part of the checkpoint is written."""
+
+    def __init__(self, handle):
+        self.handle, self.written = handle, 0
+
+    def write(self, data):
+        self.written += len(data)
+        if self.written > 100_000:
+            signal.raise_signal(signal.SIGINT)
+        return self.handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def test_ctrl_c_in_the_middle_of_a_checkpoint_write_is_an_interrupt(tmp_path, monkeypatch):
+    # an interrupt inside torch's zip writer makes its clean-up fail with an unrelated RuntimeError
+    target = tmp_path / "checkpoint_last.pt"
+    checkpoint.save_atomic({"model": {}, "step": 1}, target)
+    real_fdopen = checkpoint.os.fdopen
+    monkeypatch.setattr(checkpoint.os, "fdopen", lambda *a: _InterruptingFile(real_fdopen(*a)))
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_atomic({"model": {"w": torch.zeros(200_000)}, "step": 2}, target)
+    assert checkpoint.load(target)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_default_run_directories_do_not_collide(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(SMOKE)
