@@ -22,11 +22,9 @@ chains, the bracket (AIS + RAISE) and the original float64 AIS, in units of one 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +34,7 @@ import samplers
 from dvae_q.logz import ais_log_z, bracket
 from samplers.gibbs import gibbs_sweeps
 from samplers.uniforms import WordStream
+import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def legacy_gibbs_sweeps(z_left, z_right, a_left, a_right, W, beta, sweeps, generator):
@@ -213,10 +212,7 @@ def main():
               f"negative phases, bracket {ev['bracket_s']:.2f} s"
               + (f", original AIS {ev['legacy_ais_s']:.2f} s" if "legacy_ais_s" in ev else ""),
               flush=True)
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
+    results_json.save(out, args.out)
 
 
 if __name__ == "__main__":

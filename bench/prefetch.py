@@ -12,7 +12,6 @@ while this one computes, so it should approach max(c, L).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from dvae_q import metrics, train
 from dvae_q.config import load_config
+import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def step_time(latency: float, prefetch: bool, steps: int, folder: Path) -> float:
@@ -62,7 +62,7 @@ def main() -> None:
     }
     for key, value in result.items():
         print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    results_json.save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import torch
 import samplers
 import topologies
 from samplers.qpu import estimate_access_time_us
+import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 class InstantQPU(dimod.Sampler, dimod.Structured):
@@ -148,9 +149,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
     }
     print(json.dumps(result, indent=2))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    results_json.save(result, args.out)
 
 
 if __name__ == "__main__":

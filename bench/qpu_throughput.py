@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from samplers.qpu import estimate_access_time_us, tiling
 from samplers.qpu.timing import project
 from samplers.service.core import SamplingService, ServiceSpec
 from samplers.service.wire import encode_model
+import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 CASES = [("pegasus_p16", 100, 100), ("pegasus_p16", 200, 200), ("zephyr_z12", 200, 200)]
 
@@ -164,8 +164,7 @@ def packing_bench(out: Path, steps: int = 3) -> None:
     result = {"topology": "pegasus_p16", "rbm": [100, 100], "sessions": 4, "steps": steps,
               "timing_model": "Advantage4.1 (dwave.cloud.testing.mocks), perfect chip",
               "solver_parameters": PARAMS, "cases": rows}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    results_json.save(result, out)
 
 
 def main() -> None:
@@ -194,9 +193,7 @@ def main() -> None:
               f"{u['samples_per_access_second']:,.0f} -> {t['samples_per_access_second']:,.0f} "
               f"samples/s of QPU access (x{r['gain']:.2f}); 1M steps: "
               f"{u['projected_run_access_time_h']:.1f} h -> {t['projected_run_access_time_h']:.1f} h")
-    out = Path(args.out or results / "qpu_throughput.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    results_json.save(result, args.out or results / "qpu_throughput.json")
 
 
 if __name__ == "__main__":

@@ -19,16 +19,15 @@ Chimera C16), measures:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 import samplers
 from negative_phase import negative_phase  # bench/ is on sys.path when run as a script
+import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def timed(fn, repeat=3):
@@ -140,10 +139,7 @@ def main():
               f"ESS/s {row['neal']['effective_samples_per_s']:.3g} | "
               f"pa ESS/s {row['pa']['effective_samples_per_s']:.3g} "
               f"(min rel. ESS {row['pa']['min_relative_ess']:.2f})", flush=True)
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
+    results_json.save(out, args.out)
 
 
 if __name__ == "__main__":

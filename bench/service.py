@@ -18,12 +18,10 @@ It starts its own local Ray instance and shuts it down.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import ray
@@ -33,6 +31,7 @@ import samplers
 from samplers import BipartiteModel
 from samplers.service import actor
 from samplers.service.core import ServiceSpec
+import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 GIBBS = {"num_chains": 1000, "sweeps": 40}
 
@@ -199,10 +198,7 @@ def main() -> None:
         ray.shutdown()
     result.update(torch_threads=threads, machine=platform.machine(), cpu_count=os.cpu_count(),
                   load_average_1min=os.getloadavg()[0], quick=args.quick)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    results_json.save(result, args.out)
 
 
 if __name__ == "__main__":

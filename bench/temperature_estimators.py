@@ -16,15 +16,14 @@ Prints one line per case and writes JSON (default bench/results/temperature_esti
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
-from pathlib import Path
 
 import samplers
 import topologies
 from samplers.temperature import calibrate, random_native_model
+import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 CASES = [
     ("thermal_mock", {"beta": 2.0}),
@@ -71,11 +70,8 @@ def main() -> None:
                   f"{row['energy_stderr']:.3f} ({row['energy_calls']} calls), "
                   f"{row['sigmas_apart']:.1f} sigma apart, disagree={row['disagree']}, "
                   f"{row['wall_s']:.1f} s", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.platform(), "reads": args.reads,
-                               "cases": rows}, indent=1))
-    print(f"wrote {out}")
+    results_json.save({"machine": platform.platform(), "reads": args.reads, "cases": rows},
+                      args.out)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,9 @@ only (the protocol's 50 evaluations with AIS come on top).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -39,6 +37,7 @@ from dvae_q.methods import default_beta
 from dvae_q.model import DVAE, parameter_groups
 from dvae_q.networks import STRUCTURES
 from dvae_q.schedule import torch_adam_eps
+import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 FULL_RUN_STEPS = 1_000_000
 PATHS = {"reference": False, "optimised": True}  # name → share_data_layer
@@ -270,10 +269,7 @@ def write(args, device, rows) -> None:
            "batch": 100, "flops": "FlopCounterMode, matrix-matrix products of one forward+backward",
            "seconds_per_step": rows}
     suffix = "" if device.type == "cpu" else f"_{device.type}"
-    path = Path(args.out or f"bench/results/train_step{suffix}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
+    results_json.save(out, args.out or f"bench/results/train_step{suffix}.json")
 
 
 if __name__ == "__main__":
