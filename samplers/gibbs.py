@@ -129,6 +129,22 @@ def annealed_sweeps(
     return v, h, log_w
 
 
+def chain_state(chains: torch.Tensor | None, generator) -> dict:
+    """Persistent chains and their random source, on the CPU: {} before the first draw."""
+    if chains is None:
+        return {}
+    return {"chains": chains.cpu(), "generator": source_state(generator),
+            "generator_device": generator.device.type}
+
+
+def restore_chain_state(state: dict, device: str | None):
+    """(chains, generator) from `chain_state`'s dict, on `device` or where they were saved."""
+    if not state:
+        return None, None
+    where = torch.device(device or state["generator_device"])
+    return state["chains"].to(where), restore_source(state["generator"], where)
+
+
 class GibbsSampler(Sampler):
     name = "gibbs"
     parameters = {
@@ -183,15 +199,7 @@ class GibbsSampler(Sampler):
         return torch.cat(reads)[:num_samples], {"chain_sweeps": sweeps * c, "num_chains": c}
 
     def state_dict(self) -> dict:
-        if self._chains is None:
-            return {}
-        return {"chains": self._chains.cpu(), "generator": source_state(self._generator),
-                "generator_device": self._generator.device.type}
+        return chain_state(self._chains, self._generator)
 
     def load_state_dict(self, state: dict) -> None:
-        if not state:
-            self._chains, self._generator = None, None
-            return
-        device = torch.device(self.options["device"] or state["generator_device"])
-        self._generator = restore_source(state["generator"], device)
-        self._chains = state["chains"].to(device)
+        self._chains, self._generator = restore_chain_state(state, self.options["device"])

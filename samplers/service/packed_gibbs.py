@@ -28,9 +28,9 @@ import math
 import torch
 
 from samplers.base import MEAN_ENERGY_SAMPLES, Sampler
-from samplers.gibbs import GibbsSampler, gibbs_sweeps
+from samplers.gibbs import GibbsSampler, chain_state, gibbs_sweeps, restore_chain_state
 from samplers.model import BipartiteModel
-from samplers.uniforms import fair_states, make_source, restore_source, source_state
+from samplers.uniforms import fair_states, make_source
 
 
 class PackedGibbsSampler(Sampler):
@@ -65,18 +65,10 @@ class PackedGibbsSampler(Sampler):
         return draw_packed([self], [model], num_samples)[0]
 
     def state_dict(self) -> dict:
-        if self.chains is None:
-            return {}
-        return {"chains": self.chains.cpu(), "generator": source_state(self.generator),
-                "generator_device": self.generator.device.type}
+        return chain_state(self.chains, self.generator)
 
     def load_state_dict(self, state: dict) -> None:
-        if not state:
-            self.chains, self.generator = None, None
-            return
-        device = torch.device(self.options["device"] or state["generator_device"])
-        self.generator = restore_source(state["generator"], device)
-        self.chains = state["chains"].to(device)
+        self.chains, self.generator = restore_chain_state(state, self.options["device"])
 
 
 def draw_packed(members: list[PackedGibbsSampler], models: list[BipartiteModel],
