@@ -17,9 +17,7 @@ in it runs.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import tempfile
 import threading
 from pathlib import Path
 
@@ -27,10 +25,10 @@ import numpy as np
 import torch
 
 from dvae_q.errors import BadInput, RunFailure
+from topologies.cache import write_atomic
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
-TEMP_PREFIX = ".checkpoint_"
 
 
 def _safe_globals() -> list:
@@ -64,33 +62,17 @@ def non_finite(state) -> list[str]:
 def save_atomic(state: dict, path: Path) -> None:
     """Write `state` so that `path` is always either the old or the new complete file.
 
-    The file gets the permissions a plain `open()` would give (umask applied), like the run's
-    other files. A full disk or a read-only folder is a RunFailure naming the file; the previous
-    checkpoint is then still intact.
+    A full disk or a read-only folder is a RunFailure naming the file; the previous checkpoint
+    is then still intact.
     """
-    path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.stem}.", suffix=".tmp")
+        with _interrupt_deferred():
+            write_atomic(path, lambda handle: torch.save(state, handle))
     except OSError as exc:
-        raise RunFailure(f"cannot write {path} ({exc.strerror or type(exc).__name__})") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; match the run's other files
-        with _interrupt_deferred(), os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise RunFailure(
             f"cannot write {path} ({exc.strerror or type(exc).__name__}); "
             "the previous checkpoint is intact"
         ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager
@@ -117,8 +99,9 @@ def _interrupt_deferred():
 
 def remove_orphans(folder: Path) -> None:
     """Delete temporary files left by a process killed in the middle of a save."""
-    for orphan in Path(folder).glob(f"{TEMP_PREFIX}*.tmp"):
-        orphan.unlink(missing_ok=True)
+    for name in (LAST, BEST):  # write_atomic's temporary names
+        for orphan in Path(folder).glob(f".{name}.*.tmp"):
+            orphan.unlink(missing_ok=True)
 
 
 def load(path: Path) -> dict:

@@ -13,12 +13,12 @@ All readers return uint8 arrays of shape (N, 784) in row-major image order.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from topologies.cache import write_atomic
 
 IMAGE_SIDE = 28
 NUM_PIXELS = IMAGE_SIDE * IMAGE_SIDE
@@ -105,11 +105,4 @@ def read_chardata(path: Path) -> dict[str, np.ndarray]:
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write a numpy archive to a temporary file beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: np.savez_compressed(handle, **arrays))

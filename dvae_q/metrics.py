@@ -13,11 +13,12 @@ TensorBoard (`torch.utils.tensorboard`, optional) gets the same scalars, grouped
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from pathlib import Path
 
 from dvae_q.errors import BadInput
+from topologies.cache import write_atomic
 
 LEADING = ("step", "wall_time_s")
 SAMPLER_PREFIX = "sampler/"
@@ -72,12 +73,11 @@ class MetricsWriter:
         self._board = _board(self.path.parent, resume_step) if tensorboard else None
 
     def _rewrite(self, rows: list[dict]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, self.columns, restval="", extrasaction="raise")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, self.columns, restval="", extrasaction="raise")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.path, text.getvalue())
 
     def write(self, row: dict) -> None:
         cells = {k: _cell(v) for k, v in row.items()}

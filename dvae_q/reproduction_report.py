@@ -24,6 +24,7 @@ from typing import Sequence
 from dvae_q import paper_table
 from dvae_q.errors import BadInput
 from dvae_q.progress import format_duration
+from topologies.cache import write_atomic
 
 REPORT = "reproduction.md"
 FIGURE = "reproduction.png"
@@ -392,9 +393,7 @@ def write(out: str | Path, outcomes=None) -> Path:
     text = render(out, manifest, outcomes)
     save_figure(summarise(load_runs(out, manifest)), out / FIGURE)
     path = out / REPORT
-    tmp = path.with_name(f".{REPORT}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomic(path, text)
     return path
 
 

@@ -4,6 +4,7 @@ the run-directory lock, and resume from any state a killed start-up can leave.""
 import errno
 import fcntl
 import http.server
+import os
 import signal
 import subprocess
 import sys
@@ -170,7 +171,7 @@ def test_orphaned_temporary_checkpoints_are_removed_on_resume(tmp_path):
     run = tmp_path / "run"
     train.train(load_config(SMOKE, ["steps=2", "eval_every=2"]), run, quiet=True)
     (run / "results.json").unlink()
-    orphan = run / ".checkpoint_checkpoint_last.abc123.tmp"
+    orphan = run / ".checkpoint_last.pt.abc123.tmp"
     orphan.write_bytes(b"half a checkpoint")
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert not orphan.exists()
@@ -202,11 +203,12 @@ def test_ctrl_c_in_the_middle_of_a_checkpoint_write_is_an_interrupt(tmp_path, mo
     # an interrupt inside torch's zip writer makes its clean-up fail with an unrelated RuntimeError
     target = tmp_path / "checkpoint_last.pt"
     checkpoint.save_atomic({"model": {}, "step": 1}, target)
-    real_fdopen = checkpoint.os.fdopen
-    monkeypatch.setattr(checkpoint.os, "fdopen", lambda *a: _InterruptingFile(real_fdopen(*a)))
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *a: _InterruptingFile(real_fdopen(*a)))
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save_atomic({"model": {"w": torch.zeros(200_000)}, "step": 2}, target)
-    assert checkpoint.load(target)["step"] == 1
+    # the interrupt waited for the write to finish: a complete new checkpoint and no temporary file
+    assert checkpoint.load(target)["step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pt"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 

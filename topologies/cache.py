@@ -5,7 +5,10 @@ hash verdicts in dvae_q.data): $DVAEQ_CACHE_DIR, else $XDG_CACHE_HOME/dvae-q, el
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def cache_root(cache_dir=None) -> Path:
@@ -18,13 +21,27 @@ def cache_root(cache_dir=None) -> Path:
     return Path(base) / "dvae-q"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so a concurrent reader
-    never sees half a file and a killed writer leaves the old file (or none)."""
+def write_atomic(path: Path, content: str | bytes | Callable[[BinaryIO], None]) -> None:
+    """Write `content` (text, bytes, or a function writing to a binary file) to `path` through
+    a temporary file beside it, fsync and a rename: a concurrent reader never sees half a file
+    and a killed writer leaves the old file (or none) plus, at worst, a `.NAME.*.tmp` orphan.
+
+    The file gets the permissions a plain `open()` would give (umask applied), not mkstemp's 0600.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        tmp.write_text(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as handle:
+            if callable(content):
+                content(handle)
+            else:
+                handle.write(content.encode() if isinstance(content, str) else content)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
