@@ -388,18 +388,19 @@ def _loop(parts: Parts, run: RunDir, metrics, bar, reporter: Reporter, carry: Ca
         negatives, sampler_info = _negative_phase(parts, carry, run)
         _account(cfg, carry, sampler_info)
         done = step + 1
-        logged = done % cfg.log_every == 0 or done % cfg.checkpoint_every == 0 \
-            or done % cfg.eval_every == 0 or done == cfg.steps
+        # a budget stop (set by _account) evaluates and checkpoints this step too
+        evaluating = done % cfg.eval_every == 0 or done == cfg.steps or carry.stopped is not None
+        logging_row = done % cfg.log_every == 0 or evaluating
+        saving = done % cfg.checkpoint_every == 0 or evaluating
         result = _optimise(parts, carry, run, negatives, kappa,
-                           check=parts.device.type == "cpu" or logged)
+                           check=parts.device.type == "cpu" or logging_row or saving)
         carry.step = done
 
         # --- log: one row per logged step, evaluation merged into it ---
         now = time.perf_counter()
         carry.wall_time_s += now - tick
-        evaluating = done % cfg.eval_every == 0 or done == cfg.steps or carry.stopped is not None
         row = None
-        if done % cfg.log_every == 0 or evaluating:
+        if logging_row:
             row = _step_row(carry, result, lr, kappa, sampler_info)
         if evaluating:
             found = _evaluate(parts, carry, run, reporter, negatives, row, snapshot)
@@ -411,7 +412,7 @@ def _loop(parts: Parts, run: RunDir, metrics, bar, reporter: Reporter, carry: Ca
             metrics.write(row)
 
         # --- checkpoint ---
-        if done % cfg.checkpoint_every == 0 or evaluating:
+        if saving:
             checkpoint.save_atomic(snapshot(), run.last)
         tick = time.perf_counter()
         bar.update(1)
