@@ -17,8 +17,8 @@ a second process on the same directory is refused at once.
 from __future__ import annotations
 
 import fcntl
-import logging
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,7 +29,7 @@ import yaml
 from dvae_q import checkpoint
 from dvae_q.config import Config, config_from_dict, read_yaml
 from dvae_q.errors import BadInput
-from topologies.cache import write_atomic
+from topologies.cache import umask, write_atomic
 
 CONFIG = "config.yaml"
 METRICS = "metrics.csv"
@@ -120,7 +120,7 @@ class RunDir:
         except OSError as exc:
             raise _os_error(parent, exc, "create a run directory in") from None
         try:
-            os.chmod(staging, 0o777 & ~_umask())
+            os.chmod(staging, 0o777 & ~umask())
             (staging / CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             checkpoint.save_atomic(first_checkpoint, staging / checkpoint.LAST)
             self._lock_fd = _lock(staging / LOCK)
@@ -162,12 +162,6 @@ def _unavailable(device) -> bool:
     except (RuntimeError, ValueError):
         return False  # not a device name at all: the config's own check says so
     return not torch.cuda.is_available() or index >= torch.cuda.device_count()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _lock(path: Path) -> int:

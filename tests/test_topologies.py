@@ -160,3 +160,24 @@ def test_broken_qubits_and_couplers_are_avoided(tmp_path):
     bad.write_text("family: chimera\nshape: [4]\nmode: native\nbroken_qubits: [100000]\n")
     with pytest.raises(TopologyError, match="broken 100000 is not in"):
         topologies.load(bad)
+
+
+@pytest.mark.parametrize("content, expected", [("text", b"text"), (b"bytes", b"bytes"),
+                                               (lambda handle: handle.write(b"writer"), b"writer")])
+def test_atomic_writes_take_the_umask_and_leave_nothing_behind(tmp_path, content, expected):
+    import os
+
+    from topologies.cache import umask, write_atomic
+
+    target = tmp_path / "out.bin"
+    previous = os.umask(0o027)
+    try:
+        assert umask() == 0o027
+        write_atomic(target, content)
+    finally:
+        os.umask(previous)
+    assert target.stat().st_mode & 0o777 == 0o640
+    assert target.read_bytes() == expected
+    with pytest.raises(ZeroDivisionError):  # a failing writer keeps the old file, no orphan
+        write_atomic(target, lambda handle: 1 / 0)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]

@@ -21,6 +21,21 @@ def cache_root(cache_dir=None) -> Path:
     return Path(base) / "dvae-q"
 
 
+def umask() -> int:
+    """The process's umask, read from /proc where Linux offers it: setting it to read it back
+    would, for that moment, give umask 0 to files other threads (TensorBoard's writer, the
+    service's workers) create."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, content: str | bytes | Callable[[BinaryIO], None]) -> None:
     """Write `content` (text, bytes, or a function writing to a binary file) to `path` through
     a temporary file beside it, fsync and a rename: a concurrent reader never sees half a file
@@ -31,9 +46,7 @@ def write_atomic(path: Path, content: str | bytes | Callable[[BinaryIO], None]) 
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as handle:
             if callable(content):
                 content(handle)
