@@ -26,7 +26,7 @@ import torch
 import samplers
 from dvae_q.logz import ais_log_z, bracket
 from samplers.gibbs import gibbs_sweeps
-import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
+import results_json  # bench/ is on sys.path when run as a script
 
 SWEEPS = 40
 

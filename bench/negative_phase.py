@@ -34,7 +34,7 @@ import samplers
 from dvae_q.logz import ais_log_z, bracket
 from samplers.gibbs import gibbs_sweeps
 from samplers.uniforms import WordStream
-import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
+import results_json  # bench/ is on sys.path when run as a script
 
 
 def legacy_gibbs_sweeps(z_left, z_right, a_left, a_right, W, beta, sweeps, generator):

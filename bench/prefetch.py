@@ -20,7 +20,7 @@ import torch
 
 from dvae_q import metrics, train
 from dvae_q.config import load_config
-import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
+import results_json  # bench/ is on sys.path when run as a script
 
 
 def step_time(latency: float, prefetch: bool, steps: int, folder: Path) -> float:

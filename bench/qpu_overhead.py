@@ -29,7 +29,7 @@ import torch
 import samplers
 import topologies
 from samplers.qpu import estimate_access_time_us
-import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
+import results_json  # bench/ is on sys.path when run as a script
 
 
 class InstantQPU(dimod.Sampler, dimod.Structured):

@@ -44,7 +44,7 @@ from samplers.qpu import estimate_access_time_us, tiling
 from samplers.qpu.timing import project
 from samplers.service.core import SamplingService, ServiceSpec
 from samplers.service.wire import encode_model
-import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
+import results_json  # bench/ is on sys.path when run as a script
 
 CASES = [("pegasus_p16", 100, 100), ("pegasus_p16", 200, 200), ("zephyr_z12", 200, 200)]
 

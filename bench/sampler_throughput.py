@@ -27,7 +27,7 @@ import torch
 
 import samplers
 from negative_phase import negative_phase  # bench/ is on sys.path when run as a script
-import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
+import results_json  # bench/ is on sys.path when run as a script
 
 
 def timed(fn, repeat=3):

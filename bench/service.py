@@ -31,7 +31,7 @@ import samplers
 from samplers import BipartiteModel
 from samplers.service import actor
 from samplers.service.core import ServiceSpec
-import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
+import results_json  # bench/ is on sys.path when run as a script
 
 GIBBS = {"num_chains": 1000, "sweeps": 40}
 

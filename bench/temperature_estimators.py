@@ -23,7 +23,7 @@ import time
 import samplers
 import topologies
 from samplers.temperature import calibrate, random_native_model
-import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
+import results_json  # bench/ is on sys.path when run as a script
 
 CASES = [
     ("thermal_mock", {"beta": 2.0}),

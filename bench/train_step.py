@@ -37,7 +37,7 @@ from dvae_q.methods import default_beta
 from dvae_q.model import DVAE, parameter_groups
 from dvae_q.networks import STRUCTURES
 from dvae_q.schedule import torch_adam_eps
-import results_json  # noqa: E402  (bench/ is on sys.path when run as a script)
+import results_json  # bench/ is on sys.path when run as a script
 
 FULL_RUN_STEPS = 1_000_000
 PATHS = {"reference": False, "optimised": True}  # name → share_data_layer

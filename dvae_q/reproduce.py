@@ -30,13 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-
-from topologies.cache import write_atomic
-from dvae_q.config import parse_override
 from dvae_q import paper_table
+from dvae_q.config import parse_override
 from dvae_q.errors import BadInput, RunFailure
 from dvae_q.methods import METHODS
 from dvae_q.progress import NULL, Reporter, format_duration
+from topologies.cache import write_atomic
 
 if TYPE_CHECKING:  # config and run directories pull in torch: imported where they are used
     from dvae_q.config import Config
