@@ -21,12 +21,12 @@ import platform
 import time
 from pathlib import Path
 
+import results_json  # bench/ is on sys.path when run as a script
 import torch
 
 import samplers
-from dvae_q.logz import ais_log_z, bracket
+from dvae_q.evaluation.logz import ais_log_z, bracket
 from samplers.gibbs import gibbs_sweeps
-import results_json  # bench/ is on sys.path when run as a script
 
 SWEEPS = 40
 

@@ -23,7 +23,7 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 timeout 90 "$PY" -m pytest -q -p no:cacheprovider -k cuda \
-    tests/test_samplers.py tests/test_samplers_contract.py tests/test_logz.py
+    tests/samplers/test_samplers.py tests/samplers/test_samplers_contract.py tests/evaluation/test_logz.py
 tests_status=$?
 
 # the training step on the GPU: every structure at K = 1, 5, 25

@@ -27,14 +27,14 @@ import platform
 import time
 
 import numpy as np
+import results_json  # bench/ is on sys.path when run as a script
 import torch
 import torch.nn.functional as F
 
 import samplers
-from dvae_q.logz import ais_log_z, bracket
+from dvae_q.evaluation.logz import ais_log_z, bracket
 from samplers.gibbs import gibbs_sweeps
 from samplers.uniforms import WordStream
-import results_json  # bench/ is on sys.path when run as a script
 
 
 def legacy_gibbs_sweeps(z_left, z_right, a_left, a_right, W, beta, sweeps, generator):

@@ -16,11 +16,12 @@ import platform
 import tempfile
 from pathlib import Path
 
+import results_json  # bench/ is on sys.path when run as a script
 import torch
 
-from dvae_q import metrics, train
-from dvae_q.config import load_config
-import results_json  # bench/ is on sys.path when run as a script
+from dvae_q.training import loop as train
+from dvae_q.training import metrics
+from dvae_q.training.config import load_config
 
 
 def step_time(latency: float, prefetch: bool, steps: int, folder: Path) -> float:

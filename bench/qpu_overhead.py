@@ -24,12 +24,12 @@ from pathlib import Path
 
 import dimod
 import numpy as np
+import results_json  # bench/ is on sys.path when run as a script
 import torch
 
 import samplers
 import topologies
 from samplers.qpu import estimate_access_time_us
-import results_json  # bench/ is on sys.path when run as a script
 
 
 class InstantQPU(dimod.Sampler, dimod.Structured):

@@ -35,16 +35,16 @@ import platform
 import time
 from pathlib import Path
 
+import results_json  # bench/ is on sys.path when run as a script
 import torch
+from qpu_overhead import InstantQPU  # noqa: E402  (bench/ is the script's own folder)
 
 import samplers
 import topologies
-from qpu_overhead import InstantQPU  # noqa: E402  (bench/ is the script's own folder)
 from samplers.qpu import estimate_access_time_us, tiling
 from samplers.qpu.timing import project
 from samplers.service.core import SamplingService, ServiceSpec
 from samplers.service.wire import encode_model
-import results_json  # bench/ is on sys.path when run as a script
 
 CASES = [("pegasus_p16", 100, 100), ("pegasus_p16", 200, 200), ("zephyr_z12", 200, 200)]
 

@@ -23,11 +23,11 @@ import platform
 import time
 
 import numpy as np
+import results_json  # bench/ is on sys.path when run as a script
 import torch
+from negative_phase import negative_phase  # bench/ is on sys.path when run as a script
 
 import samplers
-from negative_phase import negative_phase  # bench/ is on sys.path when run as a script
-import results_json  # bench/ is on sys.path when run as a script
 
 
 def timed(fn, repeat=3):

@@ -25,13 +25,13 @@ import time
 
 import numpy as np
 import ray
+import results_json  # bench/ is on sys.path when run as a script
 import torch
 
 import samplers
 from samplers import BipartiteModel
 from samplers.service import actor
 from samplers.service.core import ServiceSpec
-import results_json  # bench/ is on sys.path when run as a script
 
 GIBBS = {"num_chains": 1000, "sweeps": 40}
 

@@ -20,10 +20,11 @@ import math
 import platform
 import time
 
+import results_json  # bench/ is on sys.path when run as a script
+
 import samplers
 import topologies
 from samplers.temperature import calibrate, random_native_model
-import results_json  # bench/ is on sys.path when run as a script
 
 CASES = [
     ("thermal_mock", {"beta": 2.0}),

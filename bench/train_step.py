@@ -28,16 +28,16 @@ import platform
 import time
 from collections import defaultdict
 
+import results_json  # bench/ is on sys.path when run as a script
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import samplers
-from dvae_q.methods import default_beta
-from dvae_q.model import DVAE, parameter_groups
-from dvae_q.networks import STRUCTURES
-from dvae_q.schedule import torch_adam_eps
-import results_json  # bench/ is on sys.path when run as a script
+from dvae_q.model.dvae import DVAE, parameter_groups
+from dvae_q.model.methods import default_beta
+from dvae_q.model.networks import STRUCTURES
+from dvae_q.training.schedule import torch_adam_eps
 
 FULL_RUN_STEPS = 1_000_000
 PATHS = {"reference": False, "optimised": True}  # name → share_data_layer

@@ -1,4 +1,4 @@
-"""Typed errors of the library. The library raises, never prints or exits; `dvae_q.cli.main`
+"""Typed errors of the library. The library raises, never prints or exits; `dvae_q.cli.main.main`
 maps `BadInput` (and the samplers'/topologies' own input errors) to one stderr line and exit 2,
 and `RunFailure` to exit 1 plus where the last good checkpoint is."""
 

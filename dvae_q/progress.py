@@ -21,7 +21,7 @@ Command-line side
 ::
 
     reporter = Reporter(quiet=args.quiet)      # writes to stderr
-    configure_logging(reporter)                # log records and warnings go through it too
+    logs.configure_logging(reporter)           # log records and warnings go through it too
     with reporter.task("train", total=cfg.steps, initial=start, unit="steps") as bar:
         for step in ...:
             bar.update(); bar.set_postfix(recon=...)
@@ -43,13 +43,10 @@ How it is shown:
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
 from typing import Protocol, runtime_checkable
-
-LOGGERS = ("dvae_q", "samplers", "topologies", "py.warnings")
 
 
 @runtime_checkable
@@ -367,40 +364,3 @@ def _isatty(stream) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
-
-
-# --- logging --------------------------------------------------------------------------------
-
-
-class _ReporterHandler(logging.Handler):
-    def __init__(self, reporter: Reporter, level: int):
-        super().__init__(level)
-        self.reporter = reporter
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = record.getMessage().rstrip()
-            if record.levelno >= logging.WARNING:
-                text = f"{record.levelname.lower()}: {text}"
-            self.reporter.write(text)
-        except Exception:  # logging must never stop a run
-            self.handleError(record)
-
-
-def configure_logging(reporter: Reporter, level: int | None = None) -> logging.Handler:
-    """Send the records of dvae_q, samplers, topologies and Python warnings through `reporter`.
-
-    ``level`` defaults to INFO, or WARNING when the reporter is quiet. Calling it again
-    replaces the previous handler. Returns the handler (remove it to undo).
-    """
-    if level is None:
-        level = logging.WARNING if reporter.quiet else logging.INFO
-    handler = _ReporterHandler(reporter, level)
-    logging.captureWarnings(True)
-    for name in LOGGERS:
-        logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if isinstance(h, _ReporterHandler)]:
-            logger.removeHandler(old)
-        logger.addHandler(handler)
-        logger.setLevel(level)
-    return handler

@@ -21,11 +21,13 @@ from typing import Mapping, Sequence
 import torch
 
 import samplers
-from dvae_q import build, checkpoint, data, scores
-from dvae_q.config import Config, load_config
+from dvae_q.data import datasets as data
 from dvae_q.errors import BadInput
+from dvae_q.evaluation import scores
 from dvae_q.progress import Reporter
-from dvae_q.rundir import RunDir
+from dvae_q.training import build, checkpoint
+from dvae_q.training.config import Config, load_config
+from dvae_q.training.rundir import RunDir
 
 
 class Run:
@@ -176,7 +178,7 @@ def fit(config: str | os.PathLike | Mapping | Config | None = None,
     """Train a run (or continue one with `resume=True`, from its own config) and return it
     loaded at its best checkpoint, with `.results` holding the final evaluation. Progress is
     silent unless `quiet=False` (or a `dvae_q.progress.Reporter` is given)."""
-    from dvae_q import train
+    from dvae_q.training import loop as train
 
     if resume:
         if run_dir is None:

@@ -10,8 +10,8 @@ first use, so `import samplers` stays light). This package does not import dvae_
 
 from samplers.base import (
     Option,
-    SampleResult,
     Sampler,
+    SampleResult,
     SamplerFailure,
     SamplerOptionError,
     Submitting,

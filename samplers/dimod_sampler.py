@@ -11,7 +11,6 @@ copies it into `info`, where training logs it.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

@@ -16,7 +16,7 @@ and `torch.compile` could see them:
 * `gibbs_sweeps`: block-Gibbs sweeps of (chains, n) states, or of (batch, chains, n) states of a
   batch of models (W (batch, n_L, n_R), biases (batch, n));
 * `annealed_sweeps`: one sweep per inverse temperature of a schedule, accumulating the annealed
-  importance weights of the one-side marginal (AIS and reverse AIS in `dvae_q.logz`).
+  importance weights of the one-side marginal (AIS and reverse AIS in `dvae_q.evaluation.logz`).
 """
 
 from __future__ import annotations

@@ -78,8 +78,9 @@ def thermal_mock(topology="chimera_c4", beta: float = 5.0, num_sweeps: int = 200
                  per_problem_seed: bool = False):
     """A MockDWaveSampler of `topology` (name, path or Topology) sampling exp(−beta·E_prog);
     `per_problem_seed`: see `FixedBetaGibbs`."""
-    import topologies
     from dwave.system.testing import MockDWaveSampler
+
+    import topologies
 
     topo = topologies.load(topology)
     graph = topo.mock_kwargs()  # the file's own broken qubits/couplers, plus any given here
@@ -213,8 +214,9 @@ def _relabelled_energies(sampleset, bqm):
 
 
 def _mock_with(topology, substitute):
-    import topologies
     from dwave.system.testing import MockDWaveSampler
+
+    import topologies
 
     graph = topologies.load(topology).mock_kwargs()
     return MockDWaveSampler(**graph, substitute_sampler=substitute, parameter_warnings=False)

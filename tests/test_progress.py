@@ -7,8 +7,9 @@ import warnings
 
 import pytest
 
-from dvae_q import progress
-from dvae_q.progress import NULL, Progress, Reporter, as_progress, configure_logging
+from dvae_q import logs, progress
+from dvae_q.logs import configure_logging
+from dvae_q.progress import NULL, Progress, Reporter, as_progress
 
 
 class FakeTerminal(io.StringIO):
@@ -28,10 +29,10 @@ class FakeClock:
 def _restore_logging():
     yield
     logging.captureWarnings(False)
-    for name in progress.LOGGERS:
+    for name in logs.LOGGERS:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
-            if isinstance(handler, progress._ReporterHandler):
+            if isinstance(handler, logs._ReporterHandler):
                 logger.removeHandler(handler)
         logger.setLevel(logging.NOTSET)
 
@@ -163,7 +164,7 @@ def test_terminal_log_lines_are_written_above_the_bar():
     configure_logging(reporter)
     with reporter.task("train", total=10, unit="steps") as bar:
         bar.update(5)
-        logging.getLogger("dvae_q.train").info("checkpoint written")
+        logging.getLogger("dvae_q.training.loop").info("checkpoint written")
         bar.update(5)
     text = out.getvalue()
     assert "checkpoint written\n" in text
@@ -180,7 +181,7 @@ def test_quiet_prints_no_progress_but_still_warnings():
     reporter = Reporter(out, quiet=True, clock=clock)
     configure_logging(reporter)
     run_training(reporter, clock)
-    logging.getLogger("dvae_q.train").info("an info line")
+    logging.getLogger("dvae_q.training.loop").info("an info line")
     assert out.getvalue() == ""
     logging.getLogger("samplers.qpu").warning("chain breaks above %d%%", 10)
     assert out.getvalue() == "warning: chain breaks above 10%\n"

@@ -8,8 +8,9 @@ import torch
 
 import dvae_q
 import samplers
-from dvae_q import data, metrics
-from dvae_q.cli import main
+from dvae_q.cli.main import main
+from dvae_q.data import datasets as data
+from dvae_q.training import metrics
 
 SMOKE = "smoke"
 
@@ -111,7 +112,7 @@ def test_results_carry_the_log_z_bracket_and_the_nll_interval_it_implies(smoke_r
 
 
 def test_an_inverted_bracket_is_flagged_and_never_reported_as_a_bound(caplog):
-    from dvae_q import logz, scores
+    from dvae_q.evaluation import logz, scores
 
     lower = logz.LogZEstimate(414.8, 0.05, None)
     upper = logz.LogZEstimate(411.0, 0.05, None)   # reverse AIS below AIS: chains in minor modes

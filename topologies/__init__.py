@@ -5,9 +5,12 @@
     left, right, mask = topo.native_rbm(200, 200)  # qubits of each side + coupling mask
     mask = topo.coupling_mask(200, 200)            # what the prior uses (None if dense/embedded)
 
-See `topologies.loader` for the file format and `topologies.embedding` for embedded mode.
+See `topologies.loader` for the file format, `topologies.topology` for what a loaded topology
+offers, `topologies.graphs` for the graphs and `topologies.embedding` for embedded mode.
 """
 
-from topologies.loader import Topology, TopologyError, known, load
+from topologies.errors import TopologyError
+from topologies.loader import known, load
+from topologies.topology import Topology
 
 __all__ = ["Topology", "TopologyError", "known", "load"]

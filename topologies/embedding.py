@@ -12,9 +12,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol
 
-from topologies.cache import cache_root, write_atomic
-from topologies.loader import Topology, TopologyError
+from storage.cache import cache_root
+from storage.files import write_atomic
+from topologies.errors import TopologyError
+
+
+class Topology(Protocol):
+    """What an embedding needs of a `topologies.topology.Topology` (declared here so this
+    module does not import the class that calls it)."""
+
+    name: str
+    family: str | None
+    shape: tuple[int, ...]
+    embedder: str
+    broken_qubits: tuple[int, ...]
+    broken_couplers: tuple[tuple[int, int], ...]
+
+    def graph(self): ...
 
 
 def cache_path(topology: Topology, num_left: int, num_right: int, cache_dir=None) -> Path:

@@ -23,11 +23,22 @@ import numpy as np
 import torch
 
 import topologies
-from samplers.base import (MEAN_ENERGY_SAMPLES, SEED, Option, Sampler, SampleResult, check_request,
-                           SamplerOptionError, TemperatureScaled, check_options, non_negative,
-                           positive)
+from samplers.base import (
+    MEAN_ENERGY_SAMPLES,
+    SEED,
+    Option,
+    Sampler,
+    SampleResult,
+    SamplerOptionError,
+    TemperatureScaled,
+    check_options,
+    check_request,
+    non_negative,
+    positive,
+)
 from samplers.model import BipartiteModel
-from samplers.qpu import client, draws, packing, plan as plans, timing
+from samplers.qpu import client, draws, packing, timing
+from samplers.qpu import plan as plans
 from samplers.qpu.calls import Flight, Retry
 from samplers.qpu.range_guard import POLICIES, RangeGuardComposite
 

@@ -1,0 +1,5 @@
+import sys
+
+from dvae_q.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,228 @@
+"""The cell scheduler of `dvae-q reproduce`: join or start Ray, give each cell its share of the
+cluster (a GPU, or an equal share of the CPUs), run every cell that is not complete as one Ray
+task, follow their progress through the tracker actor, and collect each cell's outcome (a
+failed cell is one line here and its full error in errors/<cell>.txt; the others go on)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from dvae_q.errors import BadInput
+from dvae_q.progress import Reporter, format_duration
+from dvae_q.table.cell_task import Tracker, run_cell
+from dvae_q.table.cells import Cell, Planned
+
+ERRORS = "errors"
+POLL_S = 0.5  # how often the driver looks at the cells' progress
+
+
+@dataclass
+class Outcome:
+    cell: Cell
+    run_dir: Path
+    status: str  # "skipped", "done" or "failed"
+    error: str | None = None
+    resumed_from: int | None = None
+    results: dict | None = None
+
+
+@dataclass
+class Hardware:
+    """Where the cells run: the Ray cluster's size and each cell's share of it."""
+
+    address: str | None = None
+    num_cpus: int | None = None  # local instance: CPUs it may use (default all)
+    num_gpus: int | None = None  # local instance: GPUs (default all); 0: CPU only anywhere
+    cpus_per_cell: int | None = None  # default: an equal share of the CPUs, at least one
+
+
+def _connect(hw: Hardware) -> bool:
+    """Join (or start) Ray; True if this call connected (and must disconnect)."""
+    try:
+        import ray
+    except ImportError:
+        raise BadInput("dvae-q reproduce runs its cells on Ray, which is not installed: "
+                       "pip install 'dvae-q[service]'") from None
+    if ray.is_initialized():
+        return False
+    quiet = dict(log_to_driver=False, logging_level="ERROR", namespace="dvae-q-reproduce")
+    if hw.address:
+        probe(hw.address)
+        ray.init(address=hw.address, **quiet)
+        return True
+    ray.init(address="local", num_cpus=hw.num_cpus or os.cpu_count(), num_gpus=hw.num_gpus,
+             include_dashboard=False, object_store_memory=200 * 1024**2, **quiet)
+    return True
+
+
+def probe(address: str) -> None:
+    """Refuse an address nothing listens on at once (Ray itself would retry for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except ValueError:
+        raise BadInput(f"--address '{address}' is not host:port or ray://host:port") from None
+    except OSError as exc:
+        raise BadInput(f"nothing answers at Ray address {address} "
+                       f"({exc.strerror or type(exc).__name__})") from None
+
+
+def cell_resources(hw: Hardware, pending: int, cluster: dict, node_cpus: int
+                   ) -> tuple[dict, dict, int]:
+    """(Ray task resources, the cell's hardware config keys, its torch threads) for `pending`
+    cells on a cluster of `cluster` resources whose largest node has `node_cpus` CPUs."""
+    gpus = 0 if hw.num_gpus == 0 else cluster.get("GPU", 0)
+    if gpus >= 1:  # one cell per GPU; Ray shows the task only its own GPU, as cuda:0
+        return {"num_cpus": 1, "num_gpus": 1}, {"device": "cuda"}, 1
+    cpus = int(cluster.get("CPU", 1))
+    # an equal share, so that fewer cells than cores still use every core
+    share = hw.cpus_per_cell or max(1, min(node_cpus, cpus // max(1, min(pending, cpus))))
+    if share > node_cpus:
+        raise BadInput(f"--cpus-per-cell {share}: the largest Ray node has {node_cpus} CPUs")
+    return {"num_cpus": share, "num_gpus": 0}, {}, share
+
+
+def _largest_node_cpus(ray) -> int:
+    return max(int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"])
+
+
+def run(planned: Sequence[Planned], hw: Hardware | None = None, *,
+        reporter: Reporter | None = None, on_event: Callable | None = None) -> list[Outcome]:
+    """Run every cell that is not complete as a Ray task; an Outcome per cell, in plan order.
+
+    `on_event(kind, name, state)` (kinds: started, progress, finished) sees what the progress
+    view sees, for callers that act on it."""
+    hw = hw or Hardware()
+    reporter = reporter or Reporter(quiet=True)
+    outcomes = {p.cell.name: Outcome(p.cell, p.run_dir, "skipped")
+                for p in planned if p.state == "complete"}
+    todo = [p for p in planned if p.state != "complete"]
+    if todo:
+        import ray
+
+        connected = _connect(hw)
+        try:
+            outcomes.update(_run_on_ray(ray, todo, hw, len(planned), reporter, on_event))
+        finally:
+            if connected:
+                ray.shutdown()
+    return [outcomes[p.cell.name] for p in planned]
+
+
+def _run_on_ray(ray, todo, hw, total, reporter, on_event) -> dict[str, Outcome]:
+    resources, hardware, threads = cell_resources(hw, len(todo), ray.cluster_resources(),
+                                                  _largest_node_cpus(ray))
+    tracker = ray.remote(num_cpus=0)(Tracker).remote()
+    task = ray.remote(max_retries=0)(run_cell).options(**resources)
+    refs = {task.remote({"name": p.cell.name, "run_dir": str(p.run_dir), "config": p.config,
+                         "hardware": hardware, "threads": threads}, tracker): p for p in todo}
+    where = f"{resources['num_gpus']} GPU" if resources["num_gpus"] else f"{threads} CPU"
+    resumed = sum(p.state == "resume" for p in todo)
+    _say(reporter, f"{total} cells: {total - len(todo)} complete (skipped), {resumed} to "
+         f"resume, {len(todo) - resumed} to start; {where} per cell on Ray ({_cluster_line(ray)})")
+    try:
+        with reporter.task("reproduce", total=total, initial=total - len(todo),
+                           unit="cells") as bar:
+            return _drive(ray, refs, tracker, bar, reporter, on_event)
+    except BaseException:
+        for ref in refs:  # Ctrl-C: stop the cells; their run directories resume next time
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        ray.kill(tracker)
+
+
+def _say(reporter: Reporter, line: str) -> None:
+    if not reporter.quiet:
+        reporter.write(line)
+
+
+def _cluster_line(ray) -> str:
+    res = ray.cluster_resources()
+    return f"{int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs"
+
+
+def _drive(ray, refs: dict, tracker, bar, reporter, on_event) -> dict[str, Outcome]:
+    remaining, outcomes, seen = dict(refs), {}, {}
+    failed = 0
+    while remaining:
+        ready, _ = ray.wait(list(remaining), num_returns=1, timeout=POLL_S)
+        states = ray.get(tracker.snapshot.remote())
+        _announce(states, seen, reporter, on_event)
+        for ref in ready:
+            item = remaining.pop(ref)
+            outcome = _collect(ray, ref, item)
+            outcomes[item.cell.name] = outcome
+            failed += outcome.status == "failed"
+            _finished_line(outcome, reporter)
+            if on_event:
+                on_event("finished", item.cell.name, {"status": outcome.status})
+        running = sum(1 for p in remaining.values() if p.cell.name in states)
+        bar.set_postfix(running=running, queued=len(remaining) - running, failed=failed,
+                        **_steps_done(states, remaining))
+        bar.update(len(ready))
+    return outcomes
+
+
+def _steps_done(states: dict, remaining: dict) -> dict:
+    """The running cells' training progress, as a percentage of their steps."""
+    live = [states[p.cell.name] for p in remaining.values()
+            if states.get(p.cell.name, {}).get("total")]
+    if not live:
+        return {}
+    done = sum(s["step"] for s in live) / sum(s["total"] for s in live)
+    return {"running_steps": f"{100 * done:.0f}%"}
+
+
+def _announce(states: dict, seen: dict, reporter, on_event) -> None:
+    """A line when a cell starts training (where, and from which step); events for callers."""
+    for name, state in states.items():
+        if name not in seen and "initial" in state:
+            start = state["initial"]
+            how = f"resuming at step {start:,}" if start else "from step 0"
+            _say(reporter, f"started {name} on {state.get('host')} (pid {state.get('pid')}), "
+                 f"{how} of {state['total']:,}")
+            if on_event:
+                on_event("started", name, dict(state))
+        if "step" in state and seen.get(name) != state["step"] and on_event:
+            on_event("progress", name, dict(state))
+        if "step" in state:
+            seen[name] = state["step"]
+
+
+def _collect(ray, ref, item: Planned) -> Outcome:
+    errors = item.run_dir.parent / ERRORS / f"{item.cell.name}.txt"
+    try:
+        value = ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        errors.parent.mkdir(exist_ok=True)
+        errors.write_text(str(exc) + "\n")
+        return Outcome(item.cell, item.run_dir, "failed", error=_one_line_error(ray, exc))
+    errors.unlink(missing_ok=True)
+    return Outcome(item.cell, item.run_dir, value["status"], resumed_from=value.get("resumed_from"),
+                   results=value.get("results"))
+
+
+def _one_line_error(ray, exc: BaseException) -> str:
+    if isinstance(exc, (ray.exceptions.WorkerCrashedError, ray.exceptions.TaskCancelledError)):
+        return "its worker process died (killed, or out of memory); rerun to resume it"
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _finished_line(outcome: Outcome, reporter) -> None:
+    name = outcome.cell.name
+    if outcome.status == "failed":
+        reporter.write(f"FAILED {name}: {outcome.error}")  # also when quiet, as warnings are
+    elif outcome.results:
+        r = outcome.results
+        _say(reporter, f"done {name}: test NLL {r['test_nll']:.2f}, log Z {r['log_z']:.2f} "
+                       f"± {r['log_z_stderr']:.2f}, {format_duration(r['wall_time_s'])} of "
+                       "training")
