@@ -26,7 +26,7 @@ ALLOWED = {
                         "dvae_q.evaluation"},
     "dvae_q.run": {"samplers", "dvae_q.model", "dvae_q.data", "dvae_q.evaluation",
                    "dvae_q.training"},
-    "dvae_q.table": {"storage", "dvae_q.model", "dvae_q.training", "dvae_q.run"},
+    "dvae_q.table": {"samplers", "storage", "dvae_q.model", "dvae_q.training", "dvae_q.run"},
     "dvae_q.cli": {"samplers", "topologies", "storage", "dvae_q.model", "dvae_q.data",
                    "dvae_q.evaluation", "dvae_q.training", "dvae_q.run", "dvae_q.table"},
 }

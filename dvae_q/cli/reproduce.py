@@ -22,7 +22,7 @@ from dvae_q.table.cells import (
     steps_for,
 )
 from dvae_q.table.reproduce import reproduce
-from dvae_q.table.scheduler import Hardware, probe
+from dvae_q.table.scheduler import Hardware, check_address
 
 
 def _request(args) -> Request:
@@ -93,7 +93,7 @@ def _cmd(args) -> int:
                            f"{0 if flag == 'num_gpus' else 1}")
     request = _request(args)
     if args.address:
-        probe(args.address)  # before anything is written
+        check_address(args.address)  # before anything is written
     if args.dry_run:
         _print_plan(plan(request))
         return 0

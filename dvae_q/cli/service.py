@@ -62,9 +62,9 @@ def _service_modules():
     from samplers.service.errors import require_ray
 
     require_ray()
-    from samplers.service import actor
+    from samplers.service import actor, head
 
-    return actor
+    return actor, head
 
 
 def cmd_serve(args) -> int:
@@ -74,15 +74,15 @@ def cmd_serve(args) -> int:
     if args.num_gpus < 0 or args.num_cpus < 0 or args.max_restarts < 0 or args.pack_window_ms < 0:
         raise BadInput("--num-gpus, --num-cpus, --max-restarts and --pack-window-ms are >= 0")
     options = _served_options(args)
-    actor = _service_modules()
+    actor, head = _service_modules()
     spec = ServiceSpec(name=args.name, sampler=args.sampler, options=options,
                        topology=args.topology, packing=not args.no_packing,
                        pack_window_s=args.pack_window_ms / 1000, max_restarts=args.max_restarts,
                        num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     try:
-        actor.connect(args.address, start=True)
+        head.connect(args.address, start=True)
         actor.start(spec)
-        address = actor.cluster_address()
+        address = head.cluster_address()
     except ServiceUnavailable as exc:
         raise RunFailure(str(exc)) from None
     packing = "packing on" if spec.packing else "packing off"
@@ -106,8 +106,13 @@ def _status(actor, name: str) -> dict:
 
 
 def _connect(args):
-    actor = _service_modules()
-    actor.connect(args.address)
+    from samplers.service.errors import ServiceUnavailable
+
+    actor, head = _service_modules()
+    try:
+        head.connect(args.address)
+    except ServiceUnavailable as exc:
+        raise RunFailure(str(exc)) from None
     return actor
 
 

@@ -6,12 +6,11 @@ failed cell is one line here and its full error in errors/<cell>.txt; the others
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dvae_q.errors import BadInput
+from dvae_q.errors import BadInput, RunFailure
 from dvae_q.progress import Reporter, format_duration
 from dvae_q.table.cell_task import Tracker, run_cell
 from dvae_q.table.cells import Cell, Planned
@@ -40,35 +39,53 @@ class Hardware:
     cpus_per_cell: int | None = None  # default: an equal share of the CPUs, at least one
 
 
-def _connect(hw: Hardware) -> bool:
-    """Join (or start) Ray; True if this call connected (and must disconnect)."""
+def _ray():
     try:
         import ray
     except ImportError:
         raise BadInput("dvae-q reproduce runs its cells on Ray, which is not installed: "
                        "pip install 'dvae-q[service]'") from None
+    from samplers.service import head
+
+    return ray, head
+
+
+def check_address(address: str | None) -> None:
+    """Before anything is written: token authentication on (a local instance gets a token only
+    its owner can read), and a cluster address that answers."""
+    from samplers import SamplerFailure, SamplerOptionError
+
+    _, head = _ray()
+    try:
+        head.require_token_auth(create=not address)
+        if address:
+            head.probe(address)
+    except SamplerOptionError as exc:
+        raise BadInput(str(exc)) from None
+    except SamplerFailure as exc:
+        raise RunFailure(str(exc)) from None
+
+
+def _connect(hw: Hardware) -> bool:
+    """Join (or start) Ray; True if this call connected (and must disconnect)."""
+    from samplers import SamplerFailure, SamplerOptionError
+
+    ray, head = _ray()
     if ray.is_initialized():
         return False
-    quiet = dict(log_to_driver=False, logging_level="ERROR", namespace="dvae-q-reproduce")
+    check_address(hw.address)
     if hw.address:
-        probe(hw.address)
-        ray.init(address=hw.address, **quiet)
+        try:
+            head.join(hw.address, namespace="dvae-q-reproduce")
+        except SamplerOptionError as exc:
+            raise BadInput(str(exc)) from None
+        except SamplerFailure as exc:
+            raise RunFailure(str(exc)) from None
         return True
     ray.init(address="local", num_cpus=hw.num_cpus or os.cpu_count(), num_gpus=hw.num_gpus,
-             include_dashboard=False, object_store_memory=200 * 1024**2, **quiet)
+             include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False,
+             logging_level="ERROR", namespace="dvae-q-reproduce")
     return True
-
-
-def probe(address: str) -> None:
-    """Refuse an address nothing listens on at once (Ray itself would retry for minutes)."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except ValueError:
-        raise BadInput(f"--address '{address}' is not host:port or ray://host:port") from None
-    except OSError as exc:
-        raise BadInput(f"nothing answers at Ray address {address} "
-                       f"({exc.strerror or type(exc).__name__})") from None
 
 
 def cell_resources(hw: Hardware, pending: int, cluster: dict, node_cpus: int

@@ -1,5 +1,5 @@
-"""The service as a named, detached Ray actor, and the operations on it: connect to Ray, start,
-find, list and stop services.
+"""The service as a named, detached Ray actor, and the operations on it: start, find, list and
+stop services (connecting to Ray, and the local head, are `samplers.service.head`).
 
 The actor is an async actor: its methods are coroutines on one event loop, forwarded to the
 plain-asyncio core, so one slow draw never blocks heartbeats or `service status`. It lives in
@@ -10,26 +10,20 @@ the Ray namespace `dvae-q` under its service name, outlives the process that sta
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import socket
-import subprocess
-import sys
+import contextlib
+import io
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import ray
 import torch
 
-from samplers.service import NAMESPACE
+from samplers.service import NAMESPACE, head
 from samplers.service.core import SamplingService, ServiceSpec
-from samplers.service.errors import BadRequest, ServiceUnavailable, UnknownService, one_line
+from samplers.service.errors import BadRequest, ServiceUnavailable, UnknownService
 
-START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = head.START_TIMEOUT_S
 CALL_TIMEOUT_S = 30.0
-PROBE_TIMEOUT_S = 5.0
 
 
 @ray.remote
@@ -69,65 +63,6 @@ class ServiceActor:
         return await self._core.ping(session_id)
 
 
-def _ray_binary() -> str:
-    beside = Path(sys.executable).with_name("ray")
-    return str(beside) if beside.is_file() else (shutil.which("ray") or "ray")
-
-
-def _start_local_cluster() -> None:
-    """A local Ray head that outlives this process (a detached actor needs it to)."""
-    cmd = [_ray_binary(), "start", "--head", "--include-dashboard=false",
-           "--disable-usage-stats"]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=START_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ServiceUnavailable(f"could not start a local Ray instance ({one_line(exc)})") from None
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ServiceUnavailable(f"`ray start --head` failed: {tail[0]}")
-
-
-def connect(address: str | None = None, *, start: bool = False) -> None:
-    """Join the Ray cluster at `address` (None or "auto": the one on this machine; "ray://host:
-    port" through Ray Client). With `start`, a missing local cluster is started first. A process
-    already connected to Ray keeps its connection."""
-    if ray.is_initialized():
-        return
-    target = address or "auto"
-    if target != "auto":
-        _probe(target)
-    quiet = dict(namespace=NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
-    try:
-        ray.init(address=target, **quiet)
-        return
-    except ConnectionError as exc:
-        if not start or target != "auto":
-            # Ray sends its token only to a cluster it found itself ("auto"), never to an
-            # explicit address unless RAY_AUTH_MODE=token says so
-            hint = "" if target == "auto" or os.environ.get("RAY_AUTH_MODE") else (
-                "; a cluster with token authentication also needs RAY_AUTH_MODE=token")
-            raise UnknownService(f"no Ray cluster at {target} ({one_line(exc)}); start a "
-                                 f"service with `dvae-q serve`{hint}") from None
-    _start_local_cluster()
-    ray.init(address="auto", **quiet)
-
-
-def _probe(address: str) -> None:
-    """Refuse an address nothing listens on at once: Ray itself would retry for minutes."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
-    except ValueError:
-        raise UnknownService(f"Ray address '{address}' is not host:port or ray://host:port") from None
-    except OSError as exc:
-        raise UnknownService(f"nothing answers at Ray address {address} ({exc.strerror or exc}); "
-                             "start a service with `dvae-q serve`") from None
-
-
-def cluster_address() -> str:
-    return ray.get_runtime_context().gcs_address
-
-
 def find(name: str):
     """The handle of the running service `name`."""
     try:
@@ -161,7 +96,11 @@ def start(spec: ServiceSpec) -> dict:
         num_gpus=spec.num_gpus, max_restarts=spec.max_restarts,
     ).remote(asdict(spec))
     try:
-        return ray.get(handle.status.remote(), timeout=START_TIMEOUT_S)
+        # Ray's error thread prints a dead worker's report as it happens (on stdout): the one
+        # line below says what failed and where the worker's log is
+        held = io.StringIO()
+        with contextlib.redirect_stdout(held), contextlib.redirect_stderr(held):
+            return ray.get(handle.status.remote(), timeout=START_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
         ray.kill(handle, no_restart=True)
         raise ServiceUnavailable(f"service '{spec.name}' did not come up within "
@@ -171,8 +110,9 @@ def start(spec: ServiceSpec) -> dict:
         # the last line of Ray's report is the constructor's own error (an import error when
         # the cluster's Python lacks dvae-q, say)
         cause = [line for line in str(exc).splitlines() if line.strip()][-1:] or ["unknown"]
+        hint = head.worker_log_hint() if "never ran" in cause[0] else ""
         raise ServiceUnavailable(f"service '{spec.name}' failed to start: "
-                                 f"{cause[0].strip()}") from None
+                                 f"{cause[0].strip().rstrip('.')}{hint}") from None
 
 
 def names() -> list[str]:

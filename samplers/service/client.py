@@ -23,7 +23,7 @@ import ray
 import torch
 
 from samplers.model import BipartiteModel
-from samplers.service import actor
+from samplers.service import actor, head
 from samplers.service.errors import (
     REPLY_ERRORS,
     ServiceFailure,
@@ -130,7 +130,7 @@ class ServiceClient:
 
     def _open(self) -> None:
         if self.handle is None:
-            actor.connect(self.address)
+            head.connect(self.address)
             self.handle = actor.find(self.service)
         request = dict(self.request, state=self.last_state)
         reply = self._call("open_session", request)
@@ -192,7 +192,7 @@ class ServiceClient:
     def check(self) -> None:
         """Preflight: the service exists and would accept this session; opens nothing."""
         if self.handle is None:
-            actor.connect(self.address)
+            head.connect(self.address)
             self.handle = actor.find(self.service)
         try:
             reply = self._call("check_session", dict(self.request))

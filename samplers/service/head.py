@@ -1,0 +1,264 @@
+"""Connecting to Ray, and the local Ray head that dvae-q starts when there is none.
+
+What a user of this machine can rely on:
+
+* Token authentication is always on. Every Ray instance dvae-q starts runs with
+  RAY_AUTH_MODE=token, and every connection sends the token, from RAY_AUTH_TOKEN, then
+  RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token. Ray itself creates that file readable by every
+  local user, and anyone who can read the token can run code in the actor that holds a D-Wave
+  client. So dvae-q creates the file itself with mode 0600 (an existing file is narrowed to
+  0600). A process that explicitly disables token auth is refused.
+* Ray 2.60's GCS, raylet and worker RPC servers listen on every interface, and Ray has no option
+  to bind them to one address (`--node-ip-address 127.0.0.1` is rewritten to the machine's
+  address). Token authentication is therefore what protects them. See README, "Sampling
+  service", for what is exposed and to whom.
+* The head dvae-q starts has `/` as its working directory. A head started from the caller's
+  folder would keep that folder as the working directory of every worker it spawns, and once
+  the folder is deleted every new worker dies while importing torch.
+* Nothing here waits on a dead address. An address, given or found in Ray's record of the
+  current cluster, is probed first (a TCP connect, PROBE_TIMEOUT_S). A refused token, a Ray or
+  Python version mismatch, or a cluster that does not answer becomes one line, and no call
+  takes longer than about CONNECT_BUDGET_S.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+
+from samplers.service import NAMESPACE
+from samplers.service.errors import BadRequest, ServiceUnavailable, UnknownService, one_line
+
+START_TIMEOUT_S = 120.0
+PROBE_TIMEOUT_S = 5.0
+CONNECT_BUDGET_S = 30.0
+MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+# how many times (about one a second) this process's Ray client asks a GCS that accepts the
+# connection but refuses it, e.g. for a wrong token: Ray's default, 20, leaves little of the
+# 30 s budget. Only for this process: the head it starts keeps Ray's own start-up waits.
+GCS_WAIT_ENV, GCS_WAIT_S = "RAY_gcs_server_port_wait_time_s", 8
+# the same for Ray Client (ray://): its first wait between attempts, then 5 s more each time
+CLIENT_WAIT_ENV, CLIENT_WAIT_S = "RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S", 2
+
+
+class AuthRefused(BadRequest):
+    """The cluster refused this process's token (none, or not the cluster's)."""
+
+
+def token_path() -> Path:
+    return Path(os.environ.get(TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token")
+
+
+def require_token_auth(create: bool) -> None:
+    """Turn token authentication on for this process and the Ray processes it starts. A token
+    that is not in the environment lives in a file only its owner can read; with `create`
+    (this process may start a head), the file is created if missing."""
+    mode = os.environ.get(MODE_ENV)
+    if mode is not None and mode.lower() != "token":
+        raise BadRequest(f"{MODE_ENV}={mode}: dvae-q never starts or joins a Ray cluster "
+                         "without token authentication; unset it")
+    settings = {MODE_ENV: "token", GCS_WAIT_ENV: str(GCS_WAIT_S),
+                CLIENT_WAIT_ENV: str(CLIENT_WAIT_S)}
+    if any(os.environ.get(k) is None for k in settings):
+        for key, value in settings.items():
+            os.environ.setdefault(key, value)
+        # Ray reads its settings when it is imported: read them again, or this process would
+        # connect without sending the token
+        from ray._raylet import Config
+
+        Config.initialize("")
+    path = token_path()
+    if os.environ.get(TOKEN_ENV) or not (create or path.is_file()):
+        return
+    try:
+        if path.is_file():
+            if path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)  # Ray writes it world-readable; the token is the key
+            return
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))  # Ray's own format: 256 random bits as hex
+        from ray._raylet import AuthenticationTokenLoader
+
+        AuthenticationTokenLoader.instance().reset_cache()  # it may have cached "no token"
+    except FileExistsError:  # another dvae-q process created it at the same moment
+        return
+    except OSError as exc:
+        raise BadRequest(f"cannot create the Ray token file {path} "
+                         f"({exc.strerror or type(exc).__name__}); set {TOKEN_PATH_ENV} to a "
+                         "writable path") from None
+
+
+def _ray_binary() -> str:
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.is_file() else (shutil.which("ray") or "ray")
+
+
+def start_local_head() -> None:
+    """A local Ray head that outlives this process (a detached actor needs it to)."""
+    cmd = [_ray_binary(), "start", "--head", "--include-dashboard=false",
+           "--disable-usage-stats"]
+    env = dict(os.environ)
+    if env.get(GCS_WAIT_ENV) == str(GCS_WAIT_S):
+        del env[GCS_WAIT_ENV]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=START_TIMEOUT_S,
+                              cwd="/", env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServiceUnavailable(f"could not start a local Ray instance ({one_line(exc)})") from None
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ServiceUnavailable(f"`ray start --head` failed: {tail[0]}")
+
+
+def probe(address: str) -> None:
+    """Refuse at once an address nothing listens on, or a process that accepts connections but
+    does not speak (a stopped or hung head): Ray itself would wait for minutes, or forever."""
+    import grpc
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except ValueError:
+        raise UnknownService(f"Ray address '{address}' is not host:port or ray://host:port") from None
+    except OSError as exc:
+        raise UnknownService(f"nothing answers at Ray address {address} "
+                             f"({exc.strerror or exc})") from None
+    # Ray's servers speak gRPC: a live one completes the HTTP/2 handshake in milliseconds
+    channel = grpc.insecure_channel(address.removeprefix("ray://"))
+    try:
+        grpc.channel_ready_future(channel).result(timeout=PROBE_TIMEOUT_S)
+    except grpc.FutureTimeoutError:
+        raise ServiceUnavailable(f"the Ray cluster at {address} accepts connections but does "
+                                 f"not answer within {PROBE_TIMEOUT_S:g} s (a stopped or hung "
+                                 "head?)") from None
+    finally:
+        channel.close()
+
+
+def local_address() -> str | None:
+    """The cluster Ray's "auto" would join: $RAY_ADDRESS, else the one this machine started
+    last (Ray's own record of it)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    from ray._private.utils import read_ray_address
+
+    return read_ray_address() or None
+
+
+@contextmanager
+def _held_messages():
+    """Hold what Ray says while it connects, so that a failure is reported in one line and
+    classified by its cause: the C++ client writes each failed attempt to file descriptor 2,
+    Ray Client logs each refused attempt at debug level."""
+    held = tempfile.TemporaryFile(mode="w+")
+    saved = os.dup(2)
+    sys.stderr.flush()
+    os.dup2(held.fileno(), 2)
+    lines: list[str] = []
+    client_log = logging.getLogger("ray.util.client.worker")
+    collect = logging.Handler(logging.DEBUG)
+    collect.emit = lambda record: lines.append(record.getMessage())
+    level, propagate = client_log.level, client_log.propagate
+    client_log.addHandler(collect)
+    client_log.setLevel(logging.DEBUG)
+    client_log.propagate = False
+    try:
+        yield lines
+    finally:
+        client_log.removeHandler(collect)
+        client_log.setLevel(level)
+        client_log.propagate = propagate
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        held.seek(0)
+        lines.extend(held.read().splitlines())
+        held.close()
+
+
+def join(address: str, namespace: str = NAMESPACE) -> None:
+    """`ray.init` of the cluster at `address`, its failures as one classified line."""
+    quiet = dict(namespace=namespace, logging_level=logging.ERROR)
+    if not address.startswith("ray://"):  # Ray Client takes no log_to_driver
+        quiet["log_to_driver"] = False
+    with _held_messages() as native:
+        try:
+            ray.init(address=address, **quiet)
+            return
+        except (ConnectionError, ray.exceptions.RaySystemError) as exc:
+            error: BaseException = exc
+        except (RuntimeError, ray.exceptions.AuthenticationError) as exc:  # version check, token
+            error = exc
+    text = " ".join([str(error), *native])
+    if isinstance(error, ray.exceptions.AuthenticationError):
+        raise AuthRefused(f"the Ray cluster at {address} needs a token and this process has "
+                          f"none; give it the cluster's token in {TOKEN_ENV} or a file named by "
+                          f"{TOKEN_PATH_ENV}") from None
+    if any(word in text for word in ("Unauthenticated", "InvalidAuthToken",
+                                     "missing authentication token")):
+        raise AuthRefused(f"the Ray cluster at {address} refused this process's token; give it "
+                          f"the cluster's token in {TOKEN_ENV} or a file named by "
+                          f"{TOKEN_PATH_ENV}") from None
+    if "ersion mismatch" in text or "version" in str(error).lower():
+        raise ServiceUnavailable(f"the Ray cluster at {address} runs another Ray or Python "
+                                 f"version than this process ({one_line(error)})") from None
+    raise ServiceUnavailable(f"the Ray cluster at {address} does not answer "
+                             f"({one_line(error)})") from None
+
+
+def connect(address: str | None = None, *, start: bool = False) -> None:
+    """Join the Ray cluster at `address` (None or "auto": the one on this machine; "ray://host:
+    port" through Ray Client). With `start`, a missing local cluster is started first. A process
+    already connected to Ray keeps its connection."""
+    if ray.is_initialized():
+        return
+    require_token_auth(create=start)
+    if address and address != "auto":
+        probe(address)
+        join(address)
+        return
+    found = local_address()
+    if found:
+        try:
+            probe(found)  # a hung head is ServiceUnavailable: never replaced behind its back
+        except UnknownService:
+            if not start:
+                raise ServiceUnavailable(f"the Ray instance this machine started last ({found}) "
+                                         "is gone; start a service with `dvae-q serve`") from None
+            found = None  # a head that died: start a new one
+    if not found:
+        if not start:
+            raise UnknownService("no Ray cluster runs on this machine; start a service with "
+                                 "`dvae-q serve`")
+        start_local_head()
+        found = local_address()
+        if not found:
+            raise ServiceUnavailable("`ray start --head` succeeded but left no address for "
+                                     "this machine's cluster")
+    join(found)
+
+
+def cluster_address() -> str:
+    return ray.get_runtime_context().gcs_address
+
+
+def worker_log_hint() -> str:
+    """Where the logs of the workers that failed to start are, when Ray says where."""
+    try:
+        logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+        newest = max(logs.glob("worker-*.err"), key=lambda p: p.stat().st_mtime)
+    except (AttributeError, OSError, ValueError):
+        return ""
+    return f"; see {newest}"
