@@ -17,8 +17,15 @@ replay time + negative phase time), against the path's own products and against 
 reference path's (the model's arithmetic as written). The projection of a 1M-step cell counts training steps
 only (the protocol's 50 evaluations with AIS come on top).
 
+`--variants eager compiled graphed` times whole steps instead, back to back as the training
+loop runs them (one synchronisation at the end, none between phases) for each way the library
+can run a step: `eager`; `compiled`, the networks through torch.compile (the `compile` config
+key); `graphed`, compiled networks and the negative phase replayed from a CUDA graph (the
+`gibbs` option `cuda_graph`; CUDA only). The first step, which compiles and captures, is timed
+apart. bench/gpu.py calls `time_variant` for its table.
+
     python bench/train_step.py [--device cpu|cuda] [--structures ...] [--ks 1 5 25] [--steps 8]
-                               [--threads N]
+                               [--threads N] [--variants eager compiled graphed]
 """
 
 from __future__ import annotations
@@ -37,11 +44,13 @@ import samplers
 from dvae_q.model.dvae import DVAE, parameter_groups
 from dvae_q.model.methods import default_beta
 from dvae_q.model.networks import STRUCTURES
+from dvae_q.training.build import compile_networks
 from dvae_q.training.schedule import torch_adam_eps
 
 FULL_RUN_STEPS = 1_000_000
 PATHS = {"reference": False, "optimised": True}  # name → share_data_layer
 PIECES = ("encoder", "relaxation_sampling", "prior_density", "decoder")
+VARIANTS = ("eager", "compiled", "graphed")
 GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
          torch.ops.aten.baddbmm.default}
 
@@ -241,11 +250,16 @@ def main():
     ap.add_argument("--ks", nargs="+", type=int, default=[1, 5, 25])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
+                    help="time whole steps of these variants instead of the breakdown")
     ap.add_argument("--out", default=None, help="default bench/results/train_step[_<device>].json")
     args = ap.parse_args()
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.variants:
+        variants_main(args, device)
+        return
     rows = {}
     head = " ".join(f"{c[:8]:>8s}" for c in COLUMNS)
     print(f"{'structure':15s} {'K':>3s} {'path':9s} {head}  GFLOP GFLOP/s ratio r.ref 1M-h  (ms per step)")
@@ -259,13 +273,84 @@ def main():
     write(args, device, rows)
 
 
-def write(args, device, rows) -> None:
+def variant_step(structure, k, variant, device, method="dvaes_power"):
+    """One training step of `variant` as a function of no arguments: negative phase (gibbs,
+    1000 chains x 40 sweeps), forward, backward and Adam, on a fixed batch of 100."""
+    if variant == "graphed" and device.type != "cuda":
+        raise ValueError("the graphed variant needs a CUDA device")
+    torch.manual_seed(0)
+    beta = default_beta("binarized_mnist", structure, method)
+    model = DVAE(structure, method, beta=beta, x_mean=torch.full((784,), 0.13)).to(device)
+    if variant != "eager":
+        compile_networks(model)
+    opt = torch.optim.Adam(parameter_groups(model, 1e-4), lr=3e-4, eps=torch_adam_eps(1e-3, 1))
+    sampler = samplers.get("gibbs", num_chains=1000, sweeps=40, seed=0,
+                           cuda_graph=variant == "graphed")
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = (torch.rand(100, 784, generator=torch.Generator().manual_seed(0)) < 0.13).float().to(device)
+
+    def one():
+        negatives = sampler.sample(model.prior.snapshot(), 1000)
+        out = model(x, negatives, k=k, kappa=0.5, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+
+    return one
+
+
+def time_variant(structure, k, variant, device, steps, warmup=2) -> dict:
+    """Seconds of the first step (compile, capture) and milliseconds per later step, timed
+    over `steps` steps run back to back with one synchronisation at the end."""
+    one = variant_step(structure, k, variant, device)
+    sync(device)
+    start = time.perf_counter()
+    one()
+    sync(device)
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        one()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        one()
+    sync(device)
+    per = (time.perf_counter() - start) / steps
+    return {"first_step_s": first, "ms_per_step": per * 1e3, "steps_timed": steps,
+            "projected_1M_steps_h": per * FULL_RUN_STEPS / 3600}
+
+
+def variants_main(args, device) -> None:
+    rows = {}
+    for structure in args.structures:
+        for k in args.ks:
+            cell = {}
+            for variant in args.variants:
+                if variant == "graphed" and device.type != "cuda":
+                    cell[variant] = {"measured": False, "reason": "needs a CUDA device"}
+                    continue
+                cell[variant] = time_variant(structure, k, variant, device, args.steps)
+                print(f"{structure:15s} K={k:<3d} {variant:9s} "
+                      f"{cell[variant]['ms_per_step']:9.2f} ms/step (first step "
+                      f"{cell[variant]['first_step_s']:.1f} s)", flush=True)
+            rows[f"{structure} K={k}"] = cell
+    suffix = "" if device.type == "cpu" else f"_{device.type}"
+    out = {"machine": machine_record(device), "method": args.method,
+           "sampler": "gibbs 1000 chains x 40 sweeps", "batch": 100, "variants": rows}
+    results_json.save(out, args.out or f"bench/results/train_step_variants{suffix}.json")
+
+
+def machine_record(device) -> dict:
     machine = {"platform": platform.platform(), "torch": torch.__version__, "device": str(device),
                "threads": torch.get_num_threads()}
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
         machine["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
-    out = {"machine": machine, "method": args.method, "sampler": "gibbs 1000 chains x 40 sweeps",
+    return machine
+
+
+def write(args, device, rows) -> None:
+    out = {"machine": machine_record(device), "method": args.method, "sampler": "gibbs 1000 chains x 40 sweeps",
            "batch": 100, "flops": "FlopCounterMode, matrix-matrix products of one forward+backward",
            "seconds_per_step": rows}
     suffix = "" if device.type == "cpu" else f"_{device.type}"

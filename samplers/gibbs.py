@@ -11,6 +11,14 @@ Randomness comes from `samplers.uniforms`: on the CPU a seeded SFC64 word stream
 16-bit uniforms (the fast path), on CUDA a torch.Generator on the device; chains and generator
 state stay on the sampler's device and the sweep loop never reads a device value back.
 
+On CUDA (option `cuda_graph`, on by default) the sweeps of a call are captured once as a CUDA
+graph (`SweepGraph`, one per chain layout, dtype and sweep count) and replayed: one launch per
+call instead of about six per sweep, which is what bounds a small sampler on a GPU. The graph
+draws from the sampler's own generator, registered with it, so a replay gives the eager
+kernel's samples bit for bit from the same state and checkpoints resume either path exactly.
+On the CPU there is nothing to capture: the option has no effect there (the samples are the
+same either way) and each call's `info["cuda_graph"]` says which path ran.
+
 The kernels are functions of flat tensors and a random source, so that benchmarks time them
 and `torch.compile` could see them:
 * `gibbs_sweeps`: block-Gibbs sweeps of (chains, n) states, or of (batch, chains, n) states of a
@@ -129,6 +137,68 @@ def annealed_sweeps(
     return v, h, log_w
 
 
+class SweepGraph:
+    """`sweeps` block-Gibbs sweeps of one chain layout, captured once as a CUDA graph.
+
+    Static buffers hold the inputs (the chains' left half, laid out like the tensor the graph
+    was made for, so the products see the same strides as the eager kernel's, and the β-scaled
+    fields and couplings, scaled by the same multiplication `gibbs_sweeps` does) and the
+    outputs. A call copies its inputs in, replays, and returns copies of the outputs, so no
+    tensor it hands out is overwritten by the next replay. `generator` is registered with the
+    graph: each replay reads its seed and offset as they are at that moment and advances the
+    offset by what the eager calls would, so `get_state`/`set_state` keep working across
+    replays. The generator's state is put back after the warm-up and the capture: making the
+    graph draws no random numbers of any call.
+    """
+
+    def __init__(self, z_left: torch.Tensor, z_right: torch.Tensor, model: BipartiteModel,
+                 sweeps: int, generator: torch.Generator):
+        self.generator = generator
+        with torch.cuda.device(z_left.device):
+            self.z_left, self.z_right = _static_like(z_left), _static_like(z_right)
+            self.a_left, self.a_right = _static_like(model.a_left), _static_like(model.a_right)
+            self.W = _static_like(model.W)
+            inputs = (self.z_left, self.z_right, self.a_left, self.a_right, self.W, 1.0, sweeps,
+                      generator)
+            state = generator.get_state()
+            # warm-up on a side stream, as capture requires: lazy initialisations (cuBLAS
+            # handles and workspaces) must not happen inside the capture
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                gibbs_sweeps(*inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            generator.set_state(state)
+            self.graph = torch.cuda.CUDAGraph()
+            self.graph.register_generator_state(generator)
+            with torch.cuda.graph(self.graph):
+                self.out_left, self.out_right = gibbs_sweeps(*inputs)
+            generator.set_state(state)
+
+    def __call__(self, z_left: torch.Tensor, model: BipartiteModel,
+                 beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """`gibbs_sweeps(z_left, z_right, model's fields, β, sweeps, generator)`, replayed."""
+        self.z_left.copy_(z_left)
+        torch.mul(model.a_left, beta, out=self.a_left)  # = `beta * a_left` in gibbs_sweeps
+        torch.mul(model.a_right, beta, out=self.a_right)
+        torch.mul(model.W, beta, out=self.W)
+        self.graph.replay()
+        return self.out_left.clone(), self.out_right.clone()
+
+
+def _static_like(t: torch.Tensor) -> torch.Tensor:
+    """A zeroed buffer with `t`'s shape and strides, also those of a view (a column slice of
+    the chains), where `zeros_like` would return a contiguous tensor."""
+    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).zero_()
+
+
+def graph_key(z_left: torch.Tensor, z_right: torch.Tensor, model: BipartiteModel,
+              sweeps: int) -> tuple:
+    """What a `SweepGraph` is specific to: the layouts of its inputs and the sweep count."""
+    return (tuple(z_left.shape), z_left.stride(), z_right.shape[-1], model.W.stride(),
+            model.W.dtype, sweeps)
+
+
 def chain_state(chains: torch.Tensor | None, generator) -> dict:
     """Persistent chains and their random source, on the CPU: {} before the first draw."""
     if chains is None:
@@ -154,12 +224,16 @@ class GibbsSampler(Sampler):
         "seed": SEED,
         "device": Option(None, (str,), None, "where chains live; null: the model's device",
                          nullable=True),
+        "cuda_graph": Option(True, (bool,), None, "chains on CUDA: replay each call's sweeps "
+                             "from a captured CUDA graph (the same samples, bit for bit); no "
+                             "effect on the CPU"),
     }
 
     def __init__(self, **options):
         super().__init__(**options)
         self._chains: torch.Tensor | None = None
         self._generator = None  # a samplers.uniforms source, made on first use
+        self._graphs: dict[tuple, SweepGraph] = {}  # by graph_key, for this generator only
 
     def _device(self, model: BipartiteModel) -> torch.device:
         dev = self.options["device"]
@@ -172,6 +246,7 @@ class GibbsSampler(Sampler):
     def _ensure(self, model: BipartiteModel, device: torch.device) -> None:
         if self._generator is None or self._generator.device.type != device.type:
             self._generator = make_source(device, self.options["seed"])
+            self._graphs.clear()  # graphs hold the generator they were captured with
         c = self.options["num_chains"]
         if (
             self._chains is None
@@ -185,21 +260,34 @@ class GibbsSampler(Sampler):
         device = self._device(model)
         model = model.to(device=device)
         self._ensure(model, device)
-        n_l, gen = model.num_left, self._generator
+        n_l = model.num_left
+        graphed = self.options["cuda_graph"] and device.type == "cuda"
         zl, zr = self._chains[:, :n_l], self._chains[:, n_l:]
-        args = (model.a_left, model.a_right, model.W, float(model.beta))
-        zl, zr = gibbs_sweeps(zl, zr, *args, self.options["sweeps"], gen)
+        zl, zr = self._sweeps(zl, zr, model, self.options["sweeps"], graphed)
         reads = [torch.cat([zl, zr], 1)]
         c = self.options["num_chains"]
         for _ in range(math.ceil(num_samples / c) - 1):
-            zl, zr = gibbs_sweeps(zl, zr, *args, self.options["thin"], gen)
+            zl, zr = self._sweeps(zl, zr, model, self.options["thin"], graphed)
             reads.append(torch.cat([zl, zr], 1))
         self._chains = reads[-1]
         sweeps = self.options["sweeps"] + self.options["thin"] * (len(reads) - 1)
-        return torch.cat(reads)[:num_samples], {"chain_sweeps": sweeps * c, "num_chains": c}
+        return torch.cat(reads)[:num_samples], {"chain_sweeps": sweeps * c, "num_chains": c,
+                                                "cuda_graph": graphed}
+
+    def _sweeps(self, zl, zr, model: BipartiteModel, sweeps: int, graphed: bool):
+        """`gibbs_sweeps` at the model's β: eager, or replayed from this layout's graph."""
+        beta = float(model.beta)
+        if not graphed:
+            return gibbs_sweeps(zl, zr, model.a_left, model.a_right, model.W, beta, sweeps,
+                                self._generator)
+        key = graph_key(zl, zr, model, sweeps)
+        if key not in self._graphs:
+            self._graphs[key] = SweepGraph(zl, zr, model, sweeps, self._generator)
+        return self._graphs[key](zl, model, beta)
 
     def state_dict(self) -> dict:
         return chain_state(self._chains, self._generator)
 
     def load_state_dict(self, state: dict) -> None:
         self._chains, self._generator = restore_chain_state(state, self.options["device"])
+        self._graphs.clear()  # captured with the generator just replaced

@@ -10,7 +10,10 @@ any sampling error a test or an estimate can see (a probability error of 2^-17 p
 a mean by less than 1e-5).
 
 On CUDA the source is a `torch.Generator` on the device (Philox: random numbers are nearly free
-there) and states, probabilities and random numbers never leave the device. A `torch.Generator`
+there) and states, probabilities and random numbers never leave the device. It is also what a
+CUDA graph can draw from: a Philox state is a seed and an offset, so a graph that registers the
+generator (`samplers.gibbs.SweepGraph`) reads both at each replay and advances the offset as
+the eager kernels would, and `source_state` / `restore_source` save and restore it unchanged. A `torch.Generator`
 is accepted on the CPU too (it reproduces the original float32-uniform kernel bit for bit).
 
 Everything here takes a *source*: a `WordStream`, a `torch.Generator`, or, for a batched kernel

@@ -6,11 +6,17 @@ optimiser): the data mean the model depends on is part of its state dict.
 
 Seeds: one root seed spawns independent streams for parameter init, data order and dynamic
 binarisation, posterior noise, the prior sampler and evaluation (AIS, IW samples).
+
+With `compile` on (`compiles`), the networks of a run built for training go through
+torch.compile (`compile_networks`); a model built for loading stays plain, so a run trained
+with it loads and evaluates anywhere.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 
 import numpy as np
 import torch
@@ -77,6 +83,49 @@ def model(cfg: Config, x_mean: torch.Tensor | None, init_seed: int) -> DVAE:
                    power_exact_gradient=cfg.power_exact_gradient,
                    gi_exact_log_q=cfg.gi_exact_log_q)
     return net.to(torch.device(cfg.device))
+
+
+def compiles(cfg: Config) -> bool:
+    """Whether the run's networks go through torch.compile: the config's `compile`, or, when it
+    is null, on CUDA only. A GPU step of small kernels is bound by their launches, which fusing
+    removes; on a CPU the same fusion saved ~17 % of forward+backward in one trial, less than
+    the compile (tens of seconds per process) costs a short run."""
+    if cfg.compile is not None:
+        return cfg.compile
+    return torch.device(cfg.device).type == "cuda"
+
+
+def check_compiler(cfg: Config) -> None:
+    """What inductor needs before the first step compiles, so that its absence is one line
+    before a run directory exists rather than a compiler traceback at step 1."""
+    if not compiles(cfg):
+        return
+    if torch.device(cfg.device).type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            raise BadInput("config key 'compile': torch.compile on CUDA needs triton, which is not "
+                           "installed; install it or set compile: false")
+        return
+    # inductor builds its CPU kernels with $CXX (default g++) when they are first called
+    if shutil.which(os.environ.get("CXX") or "g++") is None:
+        raise BadInput("config key 'compile': torch.compile on the CPU needs a C++ compiler "
+                       "(g++, or $CXX) and none was found; install one or set compile: false")
+
+
+# the network calls of a training step: the encoder's group outputs (shared first layer or row
+# by row) and the decoder; the relaxation's draws take a generator and stay outside
+COMPILED_CALLS = (("encoder", "group_output_shared"), ("encoder", "group_output"),
+                  ("decoder", "forward"))
+
+
+def compile_networks(net: DVAE) -> DVAE:
+    """`net` with the calls of COMPILED_CALLS replaced, on these instances, by their
+    torch.compile'd versions (inductor). The modules and parameters stay the same objects, so
+    the state dict keeps its plain keys (no `_orig_mod.` prefix): checkpoints load into compiled
+    and plain models alike, and the optimiser sees the same parameters."""
+    for module_name, method in COMPILED_CALLS:
+        module = getattr(net, module_name)
+        setattr(module, method, torch.compile(getattr(module, method)))
+    return net
 
 
 def optimizer(cfg: Config, net: DVAE) -> torch.optim.Optimizer:

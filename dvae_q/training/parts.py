@@ -1,6 +1,11 @@
 """The parts of a run (config, device, model, optimiser, sampler, data, generators), built and
 validated from a config before anything is written, and what the loop asks of them besides a
-step: the log Z estimates, the evaluation of each split and the decoded prior samples."""
+step: the log Z estimates, the evaluation of each split and the decoded prior samples.
+
+With `compile` on, evaluation still runs the networks eagerly: its calls come in other shapes
+than the step's (chunks of points × importance samples, a larger final K) and in eval mode, so
+each would compile anew, while its large batches keep a GPU busy without fusion.
+"""
 
 from __future__ import annotations
 
@@ -41,12 +46,15 @@ def load_eval_data(cfg: Config, splits, device) -> dict[str, torch.Tensor]:
 
 def build_parts(cfg: Config) -> Parts:
     build.check_memory(cfg)
+    build.check_compiler(cfg)
     device = torch.device(cfg.device)
     seeds = build.seed_streams(cfg.seed)
     x_mean = torch.as_tensor(data.training_mean(cfg.dataset), dtype=torch.float32)
     batches = data.training_batches(cfg.dataset, cfg.batch_size, seeds["data"],
                                     limit=cfg.train_limit, device=device)
     model = build.model(cfg, x_mean, seeds["init"])
+    if build.compiles(cfg):
+        build.compile_networks(model)
     return Parts(cfg=cfg, device=device, model=model, optimizer=build.optimizer(cfg, model),
                  sampler=build.sampler(cfg, seeds["sampler"]), batches=batches,
                  eval_data=load_eval_data(cfg, cfg.eval_splits, device),
@@ -71,9 +79,10 @@ def evaluate_splits(parts: Parts, num_samples: dict[str, int], log_z: float,
                     reporter=None) -> dict:
     """Discrete-model NLL and ELBO of each evaluation split, with `num_samples[split]` IW draws."""
     cfg = parts.cfg
-    return scores.nll(parts.model, parts.eval_data, num_samples, log_z,
-                      batch_size=cfg.eval_batch_size, sample_chunk=cfg.eval_sample_chunk,
-                      generator=parts.eval_gen, reporter=reporter)
+    with torch.compiler.set_stance("force_eager"):  # see the module docstring
+        return scores.nll(parts.model, parts.eval_data, num_samples, log_z,
+                          batch_size=cfg.eval_batch_size, sample_chunk=cfg.eval_sample_chunk,
+                          generator=parts.eval_gen, reporter=reporter)
 
 
 def save_samples(parts: Parts, negatives: torch.Tensor, path: Path, step: int) -> None:
@@ -81,7 +90,7 @@ def save_samples(parts: Parts, negatives: torch.Tensor, path: Path, step: int) -
     model, cfg = parts.model, parts.cfg
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):  # see the module docstring
         images = torch.sigmoid(model.decode(negatives[:100].to(parts.device)))
     model.train(was_training)
     caption = (f"step {step:,} · {cfg.method} K={cfg.k} · sampler {cfg.sampler} · decoded "

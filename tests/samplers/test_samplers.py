@@ -399,3 +399,44 @@ def test_kernels_on_cuda_never_wait_for_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert zl.device.type == "cuda" and set(zl.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_gibbs_cuda_graph_option_has_no_effect_on_the_cpu():
+    """On the CPU there is no graph to capture: `cuda_graph` (on by default) leaves the samples
+    and the generator exactly as the eager path makes them, and each call says it ran eager."""
+    model = rbm(5, 7, seed=9)
+    on = samplers.get("gibbs", num_chains=40, sweeps=3, thin=2, seed=4)
+    off = samplers.get("gibbs", num_chains=40, sweeps=3, thin=2, seed=4, cuda_graph=False)
+    assert on.options["cuda_graph"] is True
+    for n in (40, 100):
+        got, want = on.draw(model, n), off.draw(model, n)
+        assert torch.equal(got.samples, want.samples)
+        assert got.info["cuda_graph"] is False and want.info["cuda_graph"] is False
+    assert on.state_dict()["generator"] == off.state_dict()["generator"]
+    with pytest.raises(SamplerOptionError, match="'cuda_graph'.*not bool"):
+        samplers.get("gibbs", cuda_graph="yes")
+
+
+@cuda
+def test_gibbs_cuda_graph_gives_the_eager_samples_and_resumes_exactly():
+    """The graphed path replays the eager kernel from the same generator: identical samples on
+    the first call (chains read as a view), on thinned extra reads, after the model changes
+    (as it does every training step), and from a restored state, in a fresh sampler or in one
+    whose graphs were captured with the generator that the restore replaced."""
+    models = [rbm(6, 8, seed=2).to(device="cuda"), rbm(6, 8, seed=3, beta=1.5).to(device="cuda")]
+    opts = dict(num_chains=64, sweeps=5, thin=2, device="cuda")
+    graphed = samplers.get("gibbs", seed=7, **opts)
+    eager = samplers.get("gibbs", seed=7, cuda_graph=False, **opts)
+    for model, n in [(models[0], 64), (models[0], 200), (models[1], 64), (models[1], 150)]:
+        got, want = graphed.draw(model, n), eager.draw(model, n)
+        assert got.info["cuda_graph"] is True and want.info["cuda_graph"] is False
+        assert torch.equal(got.samples, want.samples), n
+    a, b = graphed.state_dict(), eager.state_dict()
+    assert torch.equal(a["chains"], b["chains"])
+    assert torch.equal(a["generator"]["state"], b["generator"]["state"])  # offsets advanced alike
+    want = eager.sample(models[0], 200)
+    fresh = samplers.get("gibbs", seed=99, **opts)
+    fresh.load_state_dict(a)
+    assert torch.equal(fresh.sample(models[0], 200), want)
+    graphed.load_state_dict(a)
+    assert torch.equal(graphed.sample(models[0], 200), want)

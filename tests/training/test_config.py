@@ -24,6 +24,7 @@ def test_defaults_follow_the_spec():
     assert load_config(None, ["steps=100000", "eval_every=500"]).eval_every == 500
     assert (cfg.ais_num_temps, cfg.ais_num_chains) == (1000, 1024)
     assert cfg.weight_decay == 1e-4 and cfg.kl_warmup_fraction == 0.3
+    assert cfg.compile is None  # torch.compile decided by the device (on CUDA only)
 
 
 def test_every_shipped_config_loads():
@@ -53,6 +54,8 @@ def test_every_shipped_config_loads():
         ("eval_splits=[train]", "eval_splits"),
         ("steps", "key=value"),
         ("k.sub=1", "no sub-key"),
+        ('compile="yes"', "config key 'compile': expected bool"),
+        ("compile=1", "config key 'compile': expected bool"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
