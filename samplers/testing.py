@@ -16,6 +16,11 @@ Config files can name it as the qpu sampler's child:
     sampler_options:
       qpu: {child_sampler: "samplers.testing:thermal_mock",
             child_kwargs: {beta: 5.0, num_sweeps: 200, seed: 1}}
+
+`noisy_qpu` (from `samplers.noisy_device`) is the faithful device model: Boltzmann in a distorted
+problem (field offsets that drift, field and coupler errors, a β spread across the chip, a β_eff
+that falls with the problem's scale, readout flips), named the same way
+(`child_sampler: "samplers.testing:noisy_qpu"`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,12 @@ import time
 
 import dimod
 import numpy as np
+
+from samplers.noisy_device import DeviceModelError, NoisyDevice, noisy_qpu
+
+__all__ = ["DeviceModelError", "FieldOffsetGibbs", "FixedBetaGibbs", "LatencyQPU", "NoisyDevice",
+           "TwoTemperatureGibbs", "field_offset_mock", "latency_mock", "noisy_qpu",
+           "thermal_mock", "two_temperature_mock"]
 
 
 class FixedBetaGibbs(dimod.Sampler):
@@ -62,10 +73,14 @@ class FixedBetaGibbs(dimod.Sampler):
 
     def sample(self, bqm, num_reads: int = 1, **ignored):
         # `ignored`: QPU-only parameters (auto_scale, annealing_time, ...) forwarded by the mock
+        return self.sample_at(bqm, self.beta, num_reads)
+
+    def sample_at(self, bqm, beta: float, num_reads: int = 1):
+        """`num_reads` samples of exp(−beta·E_bqm), from this call's seed."""
         return self._engine.sample(
             bqm,
             num_reads=num_reads,
-            beta_range=[self.beta, self.beta],
+            beta_range=[beta, beta],
             num_sweeps=self.num_sweeps,
             proposal_acceptance_criteria="Gibbs",
             randomize_order=True,
@@ -165,6 +180,8 @@ def latency_mock(topology="chimera_c4", latency_s: float = 0.05, **thermal_kwarg
     """`thermal_mock(topology, **thermal_kwargs)` behind a fixed per-call latency (`LatencyQPU`);
     usable as the qpu sampler's `child_sampler: samplers.testing:latency_mock`."""
     return LatencyQPU(thermal_mock(topology, **thermal_kwargs), latency_s)
+
+
 class FieldOffsetGibbs(FixedBetaGibbs):
     """A QPU that adds a fixed offset δ_q to the programmed field of every qubit q (like flux-bias
     offsets), then samples at a fixed β: not Boltzmann in the problem it was given.

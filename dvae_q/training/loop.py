@@ -55,6 +55,8 @@ def _budget_check(parts: Parts, reporter: Reporter, carry: Carry) -> None:
         per_step = sampler.estimated_access_time_us(parts.model.prior.snapshot(),
                                                     cfg.num_negative_samples) / 1e6
     except SAMPLER_FAILURES as exc:
+        if isinstance(exc, samplers.SamplerOptionError):  # the user's to fix: exit 2
+            raise
         raise RunFailure(f"sampler '{cfg.sampler}' failed while estimating QPU time "
                          f"({type(exc).__name__}: {_one_line(exc)})") from exc
     projected = per_step * (cfg.steps - carry.step)

@@ -12,6 +12,7 @@ One job per module:
 * `plan`: which qubits carry the model, and its Ising problem scaled by 1/β_eff, from arrays;
 * `tiling`: disjoint copies of the problem per call;
 * `packing`: several models on the copies of one call (`QPUSampler.draw_tiled`);
+* `gauges`: spin-reversal transforms (`spin_reversal_transforms`), one per copy of every call;
 * `calls`: QPU calls in flight and their retries;
 * `draws`: a draw's calls, and `PendingDraw` (`QPUSampler.submit`);
 * `timing`: the calls' schedule, solver-reported access time, and Ocean's timing model;

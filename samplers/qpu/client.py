@@ -113,8 +113,15 @@ def from_factory(factory, kwargs: dict, topology):
     """The child a 'module:callable' factory builds; a factory that takes a `topology` (such as
     samplers.testing:thermal_mock) gets the sampler's own unless the kwargs name one."""
     kwargs = dict(kwargs)
-    if "topology" in inspect.signature(factory).parameters:
+    signature = inspect.signature(factory)
+    if "topology" in signature.parameters:
         kwargs.setdefault("topology", topology)
+    try:
+        signature.bind(**kwargs)
+    except TypeError as exc:
+        # a config's child_kwargs that the factory does not take is bad input, not a bug; the
+        # message is the binding's own ("unexpected keyword argument 'x'"), never a value
+        raise QPUConfigError(f"sampler 'qpu' option 'child_kwargs': {exc}") from None
     return factory(**kwargs)
 
 

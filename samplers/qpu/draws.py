@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from samplers.model import BipartiteModel
+from samplers.qpu import gauges, timing
 from samplers.qpu import plan as plans
-from samplers.qpu import timing
 from samplers.qpu.calls import Call, Flight, Retry
 from samplers.qpu.errors import QPUError
 
@@ -35,9 +35,16 @@ class Job:
     parameters: dict             # solver parameters of every call, num_reads aside
     num_reads: int | None        # the option: samples per call (None: as few calls as possible)
     calls: list = field(default_factory=list)
+    gauge_key: tuple | None = None   # spin-reversal transforms on: what seeds each call's gauge
+    min_calls: int = 1           # calls the transforms need (`gauges.min_calls`)
 
     def add_call(self, reads: int, flight: Flight, retry: Retry) -> Call:
-        call = Call(self.plan.sampler, self.bqm, {**self.parameters, "num_reads": reads}, retry)
+        sampler, parameters = self.plan.sampler, {**self.parameters, "num_reads": reads}
+        if self.gauge_key is not None:
+            sampler = gauges.composite(sampler)
+            parameters["srts"] = gauges.flips((*self.gauge_key, len(self.calls)),
+                                              self.bqm.num_variables)
+        call = Call(sampler, self.bqm, parameters, retry)
         flight.submit(call)
         self.calls.append(call)
         return call
@@ -46,7 +53,8 @@ class Job:
 def start(job: Job, flight: Flight, retry: Retry) -> Job:
     """Submit every call `job` is expected to need; on failure none is left in flight."""
     try:
-        for reads in timing.reads_per_call(job.num_samples, job.num_reads, job.plan.tiles):
+        for reads in timing.reads_per_call(job.num_samples, job.num_reads, job.plan.tiles,
+                                           job.min_calls):
             job.add_call(reads, flight, retry)
     except BaseException:
         flight.drop(job.calls)
@@ -89,7 +97,7 @@ def gather(job: Job, flight: Flight, retry: Retry, qubits_available: int):
     problem as the range guard sent it, the accounts)."""
     plan, wanted = job.plan, job.num_samples
     acc = accounts(plan, qubits_available)
-    reads, breaks, programmed = [], [], None
+    reads, breaks, programmed, flipped = [], [], None, None
     done = 0
     while done < len(job.calls) or acc["num_samples_drawn"] < wanted:
         if done == len(job.calls):
@@ -103,9 +111,14 @@ def gather(job: Job, flight: Flight, retry: Retry, qubits_available: int):
                            "(chain_break_method 'discard' dropped them all?)")
         reads.append(spins)
         breaks.append(read_breaks)
-        programmed = answer.info.get("programmed_bqm", programmed)
+        if "programmed_bqm" in answer.info:
+            programmed, flipped = answer.info["programmed_bqm"], call.parameters.get("srts")
         account(acc, answer.info, call.retries, call.parameters["num_reads"], len(spins))
         done += 1
+    # natively, the problem back in the frame common to every call; an embedded problem is
+    # recorded at the logical level (the job's), where the transforms were applied
+    if programmed is not None and flipped is not None and not plan.embedded:
+        programmed = gauges.undo(programmed, job.bqm.variables, flipped)
     acc["qpu_access_time_us"] = acc["timing"].get("qpu_access_time")
     return np.concatenate(reads), breaks, programmed, acc
 

@@ -66,13 +66,15 @@ class RangeGuardComposite(dimod.ComposedSampler, dimod.Structured):
         """(the SPIN BQM to send, fraction of its terms that were out of range)."""
         if bqm.vartype is not dimod.SPIN:
             bqm = bqm.change_vartype(dimod.SPIN, inplace=False)
-        h, (row, col, j), offset = bqm.to_numpy_vectors()
+        # the order asked for explicitly: without one, dimod sorts the labels, and a tiled
+        # problem's are not sorted, so the vectors would not line up with `labels`
+        labels = list(bqm.variables)
+        h, (row, col, j), offset = bqm.to_numpy_vectors(variable_order=labels)
         over_h = (h < self.h_range[0]) | (h > self.h_range[1])
         over_j = (j < self.j_range[0]) | (j > self.j_range[1])
         fraction = float(over_h.sum() + over_j.sum()) / max(len(h) + len(j), 1)
         if not (over_h.any() or over_j.any()):
             return bqm, fraction
-        labels = list(bqm.variables)
         if self.policy == "error":
             raise QPURangeError(self._describe(h, (row, col, j), labels, over_h, over_j))
         return dimod.BinaryQuadraticModel.from_numpy_vectors(

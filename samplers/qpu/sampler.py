@@ -1,8 +1,9 @@
 """`QPUSampler`: the `qpu` backend, a D-Wave QPU (or any structured dimod sampler) as a Boltzmann
 sampler of a `BipartiteModel`.
 
-Layers, innermost first: the child (`client`), `RangeGuardComposite` (`range_guard`), and in
-embedded mode `FixedEmbeddingComposite` with the topology's cached embedding (`plan`). Each call
+Layers, innermost first: the child (`client`), `RangeGuardComposite` (`range_guard`), in
+embedded mode `FixedEmbeddingComposite` with the topology's cached embedding (`plan`), and with
+`spin_reversal_transforms` a `SpinReversalTransformComposite` per call (`gauges`). Each call
 programs `tiles` disjoint copies of the model (`tiling`) and returns raw reads
 (`answer_mode='raw'`), one sample per copy per read; more samples than one call gives take
 several calls, scheduled by `timing`, submitted together and retried by `calls`, collected by
@@ -37,7 +38,7 @@ from samplers.base import (
     positive,
 )
 from samplers.model import BipartiteModel
-from samplers.qpu import client, draws, packing, timing
+from samplers.qpu import client, draws, gauges, packing, timing
 from samplers.qpu import plan as plans
 from samplers.qpu.calls import Flight, Retry
 from samplers.qpu.range_guard import POLICIES, RangeGuardComposite
@@ -99,6 +100,11 @@ PARAMETERS = {
     "range_policy": Option("error", (str,), lambda v: v in POLICIES, "error or clip"),
     "recalibrate_every": Option(0, (int,), non_negative, "re-measure β_eff every N calls; 0: never"),
     "calibration_bootstrap": Option(50, (int,), non_negative, "bootstrap replicates"),
+    "spin_reversal_transforms": Option(
+        0, (int,), non_negative,
+        "gauges per draw, >= 0 (0: off): every copy of every call gets its own random "
+        "spin-reversal transform, so C calls of T copies average C·T at no cost; a draw with "
+        "fewer than N copies in all takes ⌈N/T⌉ calls, each one more programming"),
     "max_in_flight": Option(4, (int,), positive, "QPU calls in flight at once, >= 1"),
     "max_retries": Option(3, (int,), non_negative, "retries of transient errors"),
     "retry_backoff_s": Option(1.0, (int, float), non_negative,
@@ -133,6 +139,8 @@ class QPUSampler(Sampler, TemperatureScaled):
         self._factory = client.resolve_factory(spec) if isinstance(spec, str) else None
         if spec is not None and not isinstance(spec, str) and self.options["child_kwargs"]:
             raise SamplerOptionError("sampler 'qpu': child_kwargs only apply to a factory path")
+        if self.options["spin_reversal_transforms"]:
+            gauges.check_supported()
         self._retry = Retry(self.options["max_retries"], self.options["retry_backoff_s"])
         self._flight = Flight(self.options["max_in_flight"])
         self._queue: deque[draws.PendingDraw] = deque()
@@ -142,6 +150,8 @@ class QPUSampler(Sampler, TemperatureScaled):
         self._plans: dict = {}
         self._candidates: dict = {}  # per native size: its placements, for calls of mixed sizes
         self._rng = np.random.default_rng(self.options["seed"])
+        seed = self.options["seed"]  # without one, gauges are drawn once from OS entropy
+        self._gauge_seed = int(np.random.default_rng().integers(2**62)) if seed is None else seed
         self.calls = 0
         self.beta_eff_history: list[float] = [self.beta_eff]
         self._last: tuple | None = None
@@ -183,9 +193,12 @@ class QPUSampler(Sampler, TemperatureScaled):
     # ---- the child, lazily -----------------------------------------------------------------
     def preflight(self) -> None:
         """Without a child sampler the D-Wave client needs a token: fail now if there is none,
-        so training never creates a run directory it cannot use."""
+        so training never creates a run directory it cannot use. A child factory is local, so
+        it is built now: arguments it refuses are bad input, found before anything is written."""
         if self.options["child_sampler"] is None and self._child is None:
             client.check_token(self.options["client_config"])
+        elif self._factory is not None:
+            self._ensure_child()
 
     def _ensure_child(self) -> None:
         if self._child is not None:
@@ -309,8 +322,20 @@ class QPUSampler(Sampler, TemperatureScaled):
         parameters.pop("num_reads")
         job = draws.Job(model=model, num_samples=num_samples, plan=plan,
                         bqm=plans.to_bqm(plan, h, quad, model.num_left), beta_eff=self.beta_eff,
-                        parameters=parameters, num_reads=self.num_reads)
+                        parameters=parameters, num_reads=self.num_reads,
+                        **self._gauges(plan.tiles, part=0))
         return draws.start(job, self._flight, self._retry)
+
+    def _gauges(self, tiles: int, part: int) -> dict:
+        """The Job fields of spin-reversal transforms for a draw started now (none when off):
+        its gauges are keyed by the draw's index in submission order, so a resumed run or a
+        resubmitted draw programs the same ones."""
+        transforms = self.options["spin_reversal_transforms"]
+        if not transforms:
+            return {}
+        index = self.calls + len(self._queue)
+        return {"gauge_key": (self._gauge_seed, index, part),
+                "min_calls": gauges.min_calls(transforms, tiles)}
 
     def _sample(self, model: BipartiteModel, num_samples: int):
         """The base class's hook: completes the draw being resolved, or starts one now."""
@@ -404,9 +429,9 @@ class QPUSampler(Sampler, TemperatureScaled):
                                self._placements, cap, one_size_only=not native)
         values = packing.fields(models, plan_of, self.beta_eff, self.topology.name,
                                 self._guard, check=native)
-        for pack in packs:
+        for part, pack in enumerate(packs):
             jobs.append(self._start_pack(pack, values, models[pack.binding],
-                                         counts[pack.binding]))
+                                         counts[pack.binding], part))
         out = [None] * len(models)
         for pack, job in zip(packs, jobs):
             self._collect_pack(pack, job, values, counts, out)
@@ -428,12 +453,14 @@ class QPUSampler(Sampler, TemperatureScaled):
                 self.topology, plan, plans.working_graph(self._guard))
         return self._candidates[shape]
 
-    def _start_pack(self, pack: packing.Pack, values: list, model, num_samples: int):
+    def _start_pack(self, pack: packing.Pack, values: list, model, num_samples: int,
+                    part: int):
         parameters = {**self._solver_kwargs(1), **self._embedding_kwargs(pack)}
         parameters.pop("num_reads")
         job = draws.Job(model=model, num_samples=num_samples, plan=pack,
                         bqm=packing.problem(pack, values), beta_eff=self.beta_eff,
-                        parameters=parameters, num_reads=self.num_reads)
+                        parameters=parameters, num_reads=self.num_reads,
+                        **self._gauges(pack.tiles, part))
         return draws.start(job, self._flight, self._retry)
 
     def _collect_pack(self, pack: packing.Pack, job: draws.Job, values: list, counts: list,
@@ -518,8 +545,9 @@ class QPUSampler(Sampler, TemperatureScaled):
         Network latency and queueing are not included."""
         self._ensure_child()
         plan = self._plan(model)
+        calls = gauges.min_calls(self.options["spin_reversal_transforms"], plan.tiles)
         return self._calls_estimate_us(plan, timing.reads_per_call(num_samples, self.num_reads,
-                                                                   plan.tiles))
+                                                                   plan.tiles, calls))
 
     def projected_access_time_s(self, model: BipartiteModel, num_steps: int,
                                 samples_per_step: int) -> float:
@@ -531,7 +559,8 @@ class QPUSampler(Sampler, TemperatureScaled):
     # ---- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"beta_eff": self.beta_eff, "beta_eff_history": list(self.beta_eff_history),
-                "calls": self.calls, "rng": self._rng.bit_generator.state}
+                "calls": self.calls, "rng": self._rng.bit_generator.state,
+                "gauge_seed": self._gauge_seed}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -540,6 +569,8 @@ class QPUSampler(Sampler, TemperatureScaled):
         self.beta_eff_history = [float(b) for b in state["beta_eff_history"]]
         self.calls = int(state["calls"])
         self._rng.bit_generator.state = state["rng"]
+        # checkpoints written before spin-reversal transforms existed keep this sampler's own
+        self._gauge_seed = int(state.get("gauge_seed", self._gauge_seed))
 
 
 def _result(model: BipartiteModel, spins: np.ndarray, info: dict, elapsed: float, device,

@@ -18,17 +18,26 @@ import topologies
 MAX_READS = 10000
 
 
-def reads_per_call(num_samples: int, num_reads: int | None, tiles: int = 1) -> list[int]:
+def reads_per_call(num_samples: int, num_reads: int | None, tiles: int = 1,
+                   min_calls: int = 1) -> list[int]:
     """Reads of each QPU call that draws `num_samples` samples, each read giving one sample per
     tile. With `num_reads` set, every call (the last too) asks for at least that many samples:
     ⌈num_reads / tiles⌉ reads. Without it, as few calls as the read limit allows, each reading no
-    more than needed."""
+    more than needed. When `min_calls` (what spin-reversal transforms need, capped at one call
+    per read) is more than that, the draw's reads are shared out evenly over that many calls."""
+    least = min(min_calls, -(-num_samples // tiles))
     if num_reads is not None:
         reads = -(-num_reads // tiles)
-        return [reads] * -(-num_samples // (reads * tiles))
-    per_call = MAX_READS * tiles
-    calls = -(-num_samples // per_call)
-    return [-(-min(per_call, num_samples - k * per_call) // tiles) for k in range(calls)]
+        calls = -(-num_samples // (reads * tiles))
+        schedule = [reads] * calls
+    else:
+        per_call = MAX_READS * tiles
+        calls = -(-num_samples // per_call)
+        schedule = [-(-min(per_call, num_samples - k * per_call) // tiles) for k in range(calls)]
+    if least <= calls:
+        return schedule
+    total = -(-num_samples // tiles)
+    return [total // least + (k < total % least) for k in range(least)]
 
 
 def add_timing(total: dict, timing: dict) -> None:

@@ -848,3 +848,153 @@ def test_a_config_cannot_redirect_the_token():
         with pytest.raises(samplers.SamplerOptionError, match="client_config"):
             samplers.get("qpu", topology="chimera_c4", client_config={key: "https://elsewhere/"})
     samplers.get("qpu", topology="chimera_c4", client_config={"profile": "prod", "region": "eu"})
+
+
+class Recording:
+    """A structured child that keeps a copy of every problem it is sent."""
+
+    def __init__(self, child):
+        self.child, self.problems = child, []
+
+    def __getattr__(self, name):
+        return getattr(self.child, name)
+
+    def sample(self, bqm, **kwargs):
+        self.problems.append(bqm.copy())
+        return self.child.sample(bqm, **kwargs)
+
+
+def _gauge_of(sent, programmed) -> np.ndarray:
+    """The ±1 gauge g with sent = (g_i h_i, g_i g_j J_ij) of `programmed`, checked exactly."""
+    labels = list(programmed.variables)
+    g = np.array([np.sign(sent.linear[v] / programmed.linear[v]) for v in labels])
+    where = {v: i for i, v in enumerate(labels)}
+    for v in labels:
+        assert sent.linear[v] == g[where[v]] * programmed.linear[v]
+    for (u, v), value in programmed.quadratic.items():
+        assert sent.quadratic[u, v] == g[where[u]] * g[where[v]] * value
+    return g
+
+
+def _srt_sampler(child, **options):
+    options = {"beta_eff": 4.0, "seed": 0, **options}
+    return samplers.get("qpu", topology="chimera_c4", child_sampler=child, **options)
+
+
+def test_spin_reversal_transforms_gauge_every_call_and_every_copy():
+    model = _native_model("chimera_c4", 4, 4, seed=3)
+    # one copy per call: four transforms need four calls, sharing the 400 samples out
+    child = Recording(thermal_mock("chimera_c4", seed=0))
+    sampler = _srt_sampler(child, tiles=1, num_reads=1000, spin_reversal_transforms=4)
+    info = sampler.draw(model, 400).info
+    assert info["num_qpu_calls"] == 4 and info["num_reads"] == 400
+    programmed = sampler.programmed_bqm(model)
+    gauges = [_gauge_of(sent, programmed) for sent in child.problems]
+    assert len({g.tobytes() for g in gauges}) == 4
+    # tiled: the copies of one call carry the transforms, so no call is added
+    child = Recording(thermal_mock("chimera_c4", seed=0))
+    sampler = _srt_sampler(child, spin_reversal_transforms=4)
+    info = sampler.draw(model, 100).info
+    assert info["tiles"] == 16 and info["num_qpu_calls"] == 1
+    one_copy = sampler.programmed_bqm(model)
+    copies = sampler.tile_qubits(model)
+    per_copy = []
+    for qubits in copies:  # copy t is copy 0's problem on copy t's qubits
+        problem = one_copy.relabel_variables(dict(zip(copies[0], qubits)), inplace=False)
+        sent = child.problems[0].copy()
+        sent.remove_variables_from([v for v in sent.variables if v not in set(qubits)])
+        per_copy.append(_gauge_of(sent, problem).tobytes())
+    assert len(set(per_copy)) > 8  # the copies carry transforms of their own
+    # the extra calls are in the access-time estimate: four calls of 100 reads each
+    srt = _srt_sampler(thermal_mock("chimera_c4", seed=0), tiles=1, num_reads=1000,
+                       spin_reversal_transforms=4)
+    four_calls = _srt_sampler(thermal_mock("chimera_c4", seed=0), tiles=1, num_reads=100)
+    assert srt.estimated_access_time_us(model, 400) == \
+        pytest.approx(four_calls.estimated_access_time_us(model, 400))
+
+
+def test_spin_reversal_transforms_are_reproducible_and_resume_exactly():
+    model = _native_model("chimera_c4", 4, 4, seed=3)
+
+    def sampler(seed, child_seed=0):
+        child = Recording(thermal_mock("chimera_c4", seed=child_seed, per_problem_seed=True))
+        return child, _srt_sampler(child, tiles=1, num_reads=50, spin_reversal_transforms=3,
+                                   seed=seed)
+
+    (ca, a), (cb, b), (cc, c) = sampler(0), sampler(0), sampler(1)
+    za, zb, zc = (s.sample(model, 150) for s in (a, b, c))
+    assert torch.equal(za, zb) and not torch.equal(za, zc)
+    assert all(p == q for p, q in zip(ca.problems, cb.problems))
+    assert not any(p == q for p, q in zip(ca.problems, cc.problems))
+    # a run resumed from a's state programs a's next gauges, whatever its own seed
+    state = a.state_dict()
+    cr, resumed = sampler(seed=7)
+    resumed.load_state_dict(state)
+    assert torch.equal(a.sample(model, 150), resumed.sample(model, 150))
+    assert ca.problems[3:] == cr.problems
+    # a draw in flight leaves no trace in the state, and is programmed as a draw would be
+    pending = resumed.submit(model, 150)
+    assert resumed.state_dict() == a.state_dict()
+    assert torch.equal(pending.result().samples, a.sample(model, 150))
+
+
+def test_spin_reversal_transforms_option_is_checked():
+    with pytest.raises(samplers.SamplerOptionError, match="spin_reversal_transforms"):
+        samplers.get("qpu", topology="chimera_c4", spin_reversal_transforms=-1)
+    with pytest.raises(samplers.SamplerOptionError, match="spin_reversal_transforms"):
+        samplers.get("qpu", topology="chimera_c4", spin_reversal_transforms=2.5)
+
+
+def test_spin_reversal_transforms_in_a_tiled_draw_keep_each_model_exact():
+    # two models sharing one call's copies, each copy under its own transform; a different seed
+    # for the child than the sampler's, so gauges and Gibbs runs are not coupled by accident
+    a = _native_model("chimera_c4", 3, 3, seed=4)
+    b = _native_model("chimera_c4", 3, 3, seed=5).with_beta(0.6)
+    child = Recording(thermal_mock("chimera_c4", beta=4.0, seed=9))
+    sampler = _srt_sampler(child, num_reads=1000, spin_reversal_transforms=4)
+    n = 4000
+    ra, rb = sampler.draw_tiled([a, b], n)
+    assert ra.info["num_qpu_calls"] == len(child.problems) == 4
+    for model, result in ((a, ra), (b, rb)):
+        states, p = _exact_distribution(model)
+        tv = 0.5 * (_empirical(states, result.samples) - p).abs().sum().item()
+        assert tv < _tv_bound(p, n, 1e-4 / 2)
+    assert len({tuple(np.sign(list(problem.linear.values()))) for problem in child.problems}) == 4
+
+
+def test_beta_eff_is_measured_in_the_frame_of_the_samples_under_transforms():
+    # pseudo-likelihood of the un-transformed samples against the problem recorded for them:
+    # right only if that problem was taken back to the same frame (tiles: 1, four calls)
+    model = _native_model("chimera_c4", 8, 8, seed=2)
+    sampler = _srt_sampler(thermal_mock("chimera_c4", beta=3.0, seed=1), tiles=1,
+                           num_reads=500, spin_reversal_transforms=4)
+    assert sampler.draw(model, 2000).info["num_qpu_calls"] == 4
+    est = sampler.measure_beta_eff(num_bootstrap=50, seed=0)
+    assert abs(est.beta - 3.0) < max(4 * est.stderr, 0.05 * 3.0)
+
+
+def test_clipping_keeps_every_term_on_its_own_qubit():
+    # a tiled problem's variables are not in sorted order; clipping (and the error naming the
+    # worst term) must follow each term's own labels, not dimod's sorted order
+    model = _native_model("chimera_c4", 4, 4, scale=30.0)
+    child = Recording(thermal_mock("chimera_c4", seed=0))
+    sampler = samplers.get("qpu", topology="chimera_c4", beta_eff=1.0, range_policy="clip",
+                           child_sampler=child)
+    sampler.draw(model, 20)
+    copies = sampler.tile_qubits(model)
+    labels = [q for c in copies for q in c]
+    assert labels != sorted(labels)
+    one_copy = sampler.programmed_bqm(model)
+    sent = child.problems[0]
+    for qubits in copies:
+        problem = one_copy.relabel_variables(dict(zip(copies[0], qubits)), inplace=False)
+        for q in qubits:
+            assert sent.linear[q] == np.clip(problem.linear[q], -4, 4)
+        for (u, v), value in problem.quadratic.items():
+            assert sent.quadratic[u, v] == np.clip(value, -1, 1)
+    import dimod
+
+    worst = dimod.BinaryQuadraticModel({12: 9.0, 0: 0.5, 4: -0.25}, {(12, 4): 0.5}, 0.0, "SPIN")
+    guard = samplers.qpu.RangeGuardComposite(thermal_mock("chimera_c4"), "error")
+    with pytest.raises(QPURangeError, match="on qubit 12 "):
+        guard.program(worst)
