@@ -109,3 +109,17 @@ def test_tests_mirror_the_rooms():
                if p.is_dir() and any(p.glob("test_*.py"))}
     rooms = {r.split(".")[-1] for r in ALLOWED} - {"storage", "run"}
     assert rooms <= folders, sorted(rooms - folders)
+
+
+def test_no_test_module_imports_another():
+    """Shared reference helpers live in tests/references.py, so each room's tests run alone
+    (`pytest tests/service`) as well as in the whole suite."""
+    importers = {}
+    for path in (REPO / "tests").rglob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n.split(".")[0].startswith("test_") for n in names):
+                importers.setdefault(str(path.relative_to(REPO)), []).extend(names)
+    assert importers == {}

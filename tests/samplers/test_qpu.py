@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from dwave.system.testing import MockDWaveSampler
+from references import empirical_distribution, exact_distribution, native_model, tv_mcdiarmid
 
 import samplers
 import topologies
@@ -18,14 +19,6 @@ from samplers.testing import thermal_mock
 SECRET = "DEV-fake0secret0token0123456789abcdef"
 
 
-def _native_model(topology, n_l, n_r, seed=0, scale=1.0):
-    topo = topologies.load(topology)
-    mask = topo.coupling_mask(n_l, n_r).double()
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64) * scale  # noqa: E731
-    return samplers.BipartiteModel(r(n_l), r(n_r), r(n_l, n_r), mask)
-
-
 def _qpu(topology="chimera_c4", beta_true=4.0, child_seed=0, **options):
     options.setdefault("seed", 0)
     return samplers.get("qpu", topology=topology, child_sampler="samplers.testing:thermal_mock",
@@ -33,23 +26,10 @@ def _qpu(topology="chimera_c4", beta_true=4.0, child_seed=0, **options):
                         **options)
 
 
-def _exact_distribution(model):
-    states = torch.tensor(list(itertools.product([0.0, 1.0], repeat=model.num_units)),
-                          dtype=torch.float64)
-    return states, torch.softmax(-model.beta * model.energy(states), 0)
-
-
-def _empirical(states, z):
-    weights = 2 ** torch.arange(z.shape[1] - 1, -1, -1, dtype=torch.float64)
-    codes = (z.double() @ weights).long()
-    counts = torch.bincount(codes, minlength=len(states)).double()
-    return counts / counts.sum()
-
-
 @pytest.mark.parametrize("topology", ["chimera_c4", "pegasus_p4", "zephyr_z2"])
 def test_calibrated_samples_match_exact_boltzmann(topology):
     # A 5+5 native region (1024 states). Fixed seeds keep the statistical bound deterministic.
-    model = _native_model(topology, 5, 5, seed=1)
+    model = native_model(topology, 5, 5, seed=1)
     sampler = _qpu(topology, beta_true=4.0, beta_eff=2.5, num_reads=2000)
     result = calibrate(sampler, model, num_samples=2000, num_bootstrap=50)
     # β_eff is known to ~1.6 % here (bootstrap); 5 % is a 3-sigma check
@@ -57,8 +37,8 @@ def test_calibrated_samples_match_exact_boltzmann(topology):
     n = 16000
     z = sampler.sample(model, n)
     assert z.shape == (n, 10) and set(z.unique().tolist()) <= {0.0, 1.0}
-    states, p = _exact_distribution(model)
-    tv = 0.5 * (_empirical(states, z) - p).abs().sum().item()
+    states, p = exact_distribution(model)
+    tv = 0.5 * (empirical_distribution(states, z) - p).abs().sum().item()
     # Bound: E[TV] <= ½ Σ sqrt(p(1−p)/n) (Cauchy–Schwarz per state); TV moves by <= 1/n per
     # sample, so McDiarmid adds sqrt(ln(1/δ)/(2n)) at δ = 1e-4; a 5 % β_eff error changes the
     # target by TV <= sqrt(KL/2) with KL ≈ ½ (0.05)² Var(E) (Pinsker), added as well.
@@ -68,12 +48,12 @@ def test_calibrated_samples_match_exact_boltzmann(topology):
         + math.sqrt(0.25 * 0.05**2 * var_e.item())
     assert tv < bound
     # sensitivity: the same samples are far from the model at a wrong temperature
-    _, p_hot = _exact_distribution(model.with_beta(0.5))
-    assert 0.5 * (_empirical(states, z) - p_hot).abs().sum().item() > 1.5 * bound
+    _, p_hot = exact_distribution(model.with_beta(0.5))
+    assert 0.5 * (empirical_distribution(states, z) - p_hot).abs().sum().item() > 1.5 * bound
 
 
 def test_info_records_timing_chain_breaks_and_calls():
-    model = _native_model("chimera_c4", 6, 6)
+    model = native_model("chimera_c4", 6, 6)
     sampler = _qpu(num_reads=100, beta_eff=4.0)
     z, info = sampler.draw(model, 250)
     assert z.shape == (250, 12)
@@ -96,7 +76,7 @@ def test_embedded_mode_unembeds_and_reports_chain_breaks():
 
 
 def test_range_violation_is_an_error_naming_the_worst_value():
-    model = _native_model("chimera_c4", 4, 4, scale=30.0)
+    model = native_model("chimera_c4", 4, 4, scale=30.0)
     sampler = _qpu(beta_eff=1.0)
     with pytest.raises(QPURangeError, match=r"outside (h|j)_range") as err:
         sampler.sample(model, 10)
@@ -105,7 +85,7 @@ def test_range_violation_is_an_error_naming_the_worst_value():
 
 
 def test_range_clip_reports_the_clipped_fraction():
-    model = _native_model("chimera_c4", 4, 4, scale=30.0)
+    model = native_model("chimera_c4", 4, 4, scale=30.0)
     sampler = _qpu(beta_eff=1.0, range_policy="clip", num_reads=20)
     info = sampler.draw(model, 20).info
     bqm = sampler.programmed_bqm(model)
@@ -127,13 +107,13 @@ def test_structure_errors():
     broken = samplers.get("qpu", topology="chimera_c4",
                           child_sampler=thermal_mock("chimera_c4", broken_nodes=[left[0]]))
     with pytest.raises(QPUConfigError, match="dead qubit"):
-        broken.sample(_native_model("chimera_c4", 4, 4), 5)
+        broken.sample(native_model("chimera_c4", 4, 4), 5)
     wrong = samplers.get("qpu", topology="pegasus_p4", child_sampler=thermal_mock("chimera_c4"))
     with pytest.raises(QPUConfigError, match="does not match"):
-        wrong.sample(_native_model("pegasus_p4", 4, 4), 5)
+        wrong.sample(native_model("pegasus_p4", 4, 4), 5)
     plain = samplers.get("qpu", topology="chimera_c4", child_sampler=object())
     with pytest.raises(QPUConfigError, match="not a structured"):
-        plain.sample(_native_model("chimera_c4", 4, 4), 5)
+        plain.sample(native_model("chimera_c4", 4, 4), 5)
 
 
 def test_option_errors_are_one_line():
@@ -176,14 +156,14 @@ def test_transient_errors_are_retried_with_backoff():
     child = Flaky(thermal_mock("chimera_c4", seed=0), RequestTimeout("API request timed out"), 2)
     sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child,
                            retry_backoff_s=0.01, max_retries=3, seed=0)
-    z, info = sampler.draw(_native_model("chimera_c4", 4, 4), 20)
+    z, info = sampler.draw(native_model("chimera_c4", 4, 4), 20)
     assert z.shape == (20, 8) and info["retries"] == 2 and child.attempts == 3
 
 
 def test_exhausted_or_permanent_errors_leave_state_untouched():
     from dwave.cloud.exceptions import RequestTimeout, SolverFailureError
 
-    model = _native_model("chimera_c4", 4, 4)
+    model = native_model("chimera_c4", 4, 4)
     for error, failures, match in [(RequestTimeout("timed out"), 5, "persisted after 1 retries"),
                                    (SolverFailureError("bad problem"), 1, "SolverFailureError")]:
         child = Flaky(thermal_mock("chimera_c4", seed=0), error, failures)
@@ -200,7 +180,7 @@ def test_bugs_are_not_wrapped():
     child = Flaky(thermal_mock("chimera_c4"), KeyError("a bug"), 1)
     sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child)
     with pytest.raises(KeyError):
-        sampler.sample(_native_model("chimera_c4", 4, 4), 5)
+        sampler.sample(native_model("chimera_c4", 4, 4), 5)
 
 
 def test_client_is_lazy_and_missing_token_is_one_line(tmp_path, monkeypatch):
@@ -212,7 +192,7 @@ def test_client_is_lazy_and_missing_token_is_one_line(tmp_path, monkeypatch):
     sampler = samplers.get("qpu", topology="chimera_c4")  # no token needed to build it
     assert sampler._child is None
     with pytest.raises(QPUConfigError, match="no D-Wave API token") as err:
-        sampler.sample(_native_model("chimera_c4", 4, 4), 5)
+        sampler.sample(native_model("chimera_c4", 4, 4), 5)
     assert "\n" not in str(err.value)
 
 
@@ -221,7 +201,7 @@ def test_token_never_leaks(tmp_path, monkeypatch):
     empty.write_text("")
     monkeypatch.setenv("DWAVE_CONFIG_FILE", str(empty))
     monkeypatch.setenv("DWAVE_API_TOKEN", SECRET)
-    model = _native_model("chimera_c4", 4, 4)
+    model = native_model("chimera_c4", 4, 4)
     # a failure whose text carries the token (as an HTTP error echoing a header might)
     child = Flaky(thermal_mock("chimera_c4"), RuntimeError(f"401 for token {SECRET}"), 1)
     sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, max_retries=0)
@@ -240,7 +220,7 @@ def test_token_never_leaks(tmp_path, monkeypatch):
 
 
 def test_recalibration_every_n_calls_moves_beta_eff_to_truth():
-    model = _native_model("chimera_c4", 8, 8, seed=2)
+    model = native_model("chimera_c4", 8, 8, seed=2)
     sampler = _qpu(beta_true=3.0, beta_eff=6.0, num_reads=500, recalibrate_every=2)
     info = sampler.draw(model, 500).info
     assert info["recalibrated"] is False and sampler.beta_eff == 6.0
@@ -252,7 +232,7 @@ def test_recalibration_every_n_calls_moves_beta_eff_to_truth():
 
 
 def test_same_seeds_same_samples_and_state_round_trip():
-    model = _native_model("chimera_c4", 4, 4)
+    model = native_model("chimera_c4", 4, 4)
     a = _qpu(child_seed=5, num_reads=50).sample(model, 50)
     b = _qpu(child_seed=5, num_reads=50).sample(model, 50)
     c = _qpu(child_seed=6, num_reads=50).sample(model, 50)
@@ -275,14 +255,14 @@ def test_solver_parameters_reach_the_child():
     child = Recorder(topology_type="chimera", topology_shape=[4, 4, 4], parameter_warnings=False)
     sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, annealing_time=50,
                            tiles=1)
-    sampler.sample(_native_model("chimera_c4", 3, 3), 7)
+    sampler.sample(native_model("chimera_c4", 3, 3), 7)
     assert seen["auto_scale"] is False and seen["answer_mode"] == "raw"
     assert seen["annealing_time"] == 50 and seen["num_reads"] == 100  # topology's num_reads
     assert seen["programming_thermalization"] == 1000  # topology default
     # tiled: a 3+3 region fits once per Chimera cell (16 copies on C4), so the topology's 100
     # samples per call take ⌈100/16⌉ = 7 reads
     tiled = samplers.get("qpu", topology="chimera_c4", child_sampler=child)
-    info = tiled.draw(_native_model("chimera_c4", 3, 3), 7).info
+    info = tiled.draw(native_model("chimera_c4", 3, 3), 7).info
     assert info["tiles"] == 16 and seen["num_reads"] == 7 and info["num_samples_drawn"] == 112
 
 
@@ -298,7 +278,7 @@ def test_dwave_sampler_is_built_once_on_first_sample(monkeypatch):
     monkeypatch.setattr(dwave.system, "DWaveSampler", fake_dwave_sampler)
     sampler = samplers.get("qpu", topology="chimera_c4", client_config={"profile": "prod"})
     assert built == []
-    model = _native_model("chimera_c4", 4, 4)
+    model = native_model("chimera_c4", 4, 4)
     sampler.sample(model, 10)
     sampler.sample(model, 10)
     # the topology file's solver filter and the client config reach the constructor, once
@@ -315,7 +295,7 @@ def test_missing_solver_is_one_line(monkeypatch):
     monkeypatch.setattr(dwave.system, "DWaveSampler", no_solver)
     sampler = samplers.get("qpu", topology="zephyr_z2", solver="Advantage2_nonexistent")
     with pytest.raises(QPUConfigError, match="no available solver matches 'Advantage2_nonexistent'"):
-        sampler.sample(_native_model("zephyr_z2", 4, 4), 5)
+        sampler.sample(native_model("zephyr_z2", 4, 4), 5)
 
 
 def test_topology_with_broken_qubits_samples_on_a_matching_chip(tmp_path):
@@ -325,7 +305,7 @@ def test_topology_with_broken_qubits_samples_on_a_matching_chip(tmp_path):
                     f"broken_qubits: [{left[0]}]\n")
     sampler = samplers.get("qpu", topology=str(path), child_sampler="samplers.testing:thermal_mock",
                            num_reads=20)
-    z = sampler.sample(_native_model(str(path), 4, 4), 20)
+    z = sampler.sample(native_model(str(path), 4, 4), 20)
     assert z.shape == (20, 8)
 
 
@@ -406,19 +386,12 @@ def test_close_reaches_the_child_and_the_protocol_is_declared():
     sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, seed=0)
     assert isinstance(sampler, samplers.TemperatureScaled)
     assert samplers.TemperatureScaled in type(sampler).__mro__  # declared, not just duck-typed
-    sampler.sample(_native_model("chimera_c4", 3, 3), 5)
+    sampler.sample(native_model("chimera_c4", 3, 3), 5)
     sampler.close()
     assert closed == [True]
 
 
 # ---- tiles: disjoint copies of the RBM per call ------------------------------------------------
-
-def _tv_bound(p, n, delta):
-    """A bound on the TV distance between the empirical distribution of n iid samples and p that
-    fails with probability <= delta: E[TV] <= ½ Σ sqrt(p(1−p)/n) (Cauchy–Schwarz per state), and
-    TV moves by <= 1/n when one sample changes, so McDiarmid adds sqrt(ln(1/δ)/(2n))."""
-    return (0.5 * torch.sqrt(p * (1 - p) / n).sum()).item() + math.sqrt(math.log(1 / delta) / (2 * n))
-
 
 @pytest.mark.parametrize("topology,tiles", [("chimera_c4", 5), ("pegasus_p4", 11), ("zephyr_z2", 8),
                                             ("zephyr_z2_embedded", 5)])
@@ -426,7 +399,7 @@ def test_every_tile_samples_the_exact_distribution(topology, tiles):
     # a 5+5 RBM (1024 states) on the native region, or dense with chains on an embedded topology;
     # the thermal mock's β equals beta_eff, so every copy should sample exp(−E) exactly
     topo = topologies.load(topology)
-    model = _native_model(topology, 5, 5, seed=1) if topo.mode == "native" else \
+    model = native_model(topology, 5, 5, seed=1) if topo.mode == "native" else \
         random_native_model(topo, 5, 5, seed=1, scale=2.0)
     sampler = _qpu(topology, beta_true=4.0, beta_eff=4.0, num_reads=10000)
     reads = 4000
@@ -438,30 +411,30 @@ def test_every_tile_samples_the_exact_distribution(topology, tiles):
     assert info["qubits_available"] == len(topo.graph())
     copies = sampler.tile_qubits(model)
     assert len({q for c in copies for q in c}) == tiles * 10  # disjoint
-    states, p = _exact_distribution(model)
+    states, p = exact_distribution(model)
     # a union bound over the tiles keeps the chance of any false failure below 1e-4
-    bound = _tv_bound(p, reads, 1e-4 / tiles)
+    bound = tv_mcdiarmid(p, reads, 1e-4 / tiles)
     per_tile = z.reshape(reads, tiles, 10)
     for t in range(tiles):
-        assert 0.5 * (_empirical(states, per_tile[:, t]) - p).abs().sum().item() < bound
+        assert 0.5 * (empirical_distribution(states, per_tile[:, t]) - p).abs().sum().item() < bound
     # sensitivity: the same samples are far from the model at another temperature
-    _, p_hot = _exact_distribution(model.with_beta(0.5))
-    assert 0.5 * (_empirical(states, per_tile[:, 0]) - p_hot).abs().sum().item() > 1.5 * bound
+    _, p_hot = exact_distribution(model.with_beta(0.5))
+    assert 0.5 * (empirical_distribution(states, per_tile[:, 0]) - p_hot).abs().sum().item() > 1.5 * bound
 
 
 def test_tiles_are_independent():
     # a 2+1 RBM fits 16 times on C4. The pair of copies (t, t') in one read should be distributed
     # as p ⊗ p (64 joint states): the joint's TV to p ⊗ p measures any dependence between copies
     # (and any error of the copies themselves), with the same iid bound, union over all 120 pairs
-    model = _native_model("chimera_c4", 2, 1, seed=3, scale=1.5)
+    model = native_model("chimera_c4", 2, 1, seed=3, scale=1.5)
     sampler = _qpu("chimera_c4", beta_true=4.0, beta_eff=4.0, num_reads=10000)
     reads = 8000
     z, info = sampler.draw(model, reads * 16)
     assert info["tiles"] == 16
     codes = (z.reshape(reads, 16, 3).double() @ torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)).long()
-    _, p = _exact_distribution(model)
+    _, p = exact_distribution(model)
     pp = (p[:, None] * p[None, :]).reshape(-1)
-    bound = _tv_bound(pp, reads, 1e-4 / 120)
+    bound = tv_mcdiarmid(pp, reads, 1e-4 / 120)
 
     def joint_tv(a, b):
         counts = torch.bincount(a * 8 + b, minlength=64).double()
@@ -474,7 +447,7 @@ def test_tiles_are_independent():
 
 
 def test_a_broken_qubit_or_coupler_removes_exactly_the_copies_that_use_it():
-    model = _native_model("chimera_c4", 5, 5)
+    model = native_model("chimera_c4", 5, 5)
     perfect = _qpu("chimera_c4").tile_qubits(model)
     assert len(perfect) == 5
     _, _, mask = topologies.load("chimera_c4").native_rbm(5, 5)
@@ -498,7 +471,7 @@ def test_a_broken_qubit_or_coupler_removes_exactly_the_copies_that_use_it():
 
 
 def test_tiles_option():
-    model = _native_model("chimera_c4", 5, 5)
+    model = native_model("chimera_c4", 5, 5)
     assert _qpu(tiles=2).draw(model, 10).info["tiles"] == 2
     assert _qpu(tiles=2).tile_qubits(model) == _qpu().tile_qubits(model)[:2]
     with pytest.raises(QPUConfigError, match="tiles': 9 copies .* only 5 fit"):
@@ -537,7 +510,7 @@ def _remote(latency_s=0.0, **options):
 
 
 def test_calls_of_a_draw_are_all_submitted_before_any_is_resolved():
-    model = _native_model("chimera_c4", 4, 4)
+    model = native_model("chimera_c4", 4, 4)
     child, sampler = _remote()
     pending = sampler.submit(model, 40)
     # structural, not timed: four calls submitted, none of their answers collected yet
@@ -555,7 +528,7 @@ def test_calls_of_a_draw_are_all_submitted_before_any_is_resolved():
 
 
 def test_submitted_draws_match_draws_and_complete_in_submission_order():
-    model = _native_model("chimera_c4", 4, 4)
+    model = native_model("chimera_c4", 4, 4)
     _, plain = _remote()
     expected = [plain.draw(model, 30).samples for _ in range(2)]
     child, sampler = _remote(latency_s=0.01)
@@ -568,7 +541,7 @@ def test_submitted_draws_match_draws_and_complete_in_submission_order():
 
 
 def test_state_changes_of_submitted_draws_are_deterministic_and_resumable():
-    model = _native_model("chimera_c4", 8, 8, seed=2)
+    model = native_model("chimera_c4", 8, 8, seed=2)
 
     def run():
         child, sampler = _remote(num_reads=300, beta_eff=6.0, recalibrate_every=1)
@@ -616,7 +589,7 @@ class ResolveFails:
 def test_failures_at_resolution_are_retried_or_raised_by_their_own_draw():
     from dwave.cloud.exceptions import RequestTimeout, SolverFailureError
 
-    model = _native_model("chimera_c4", 4, 4)
+    model = native_model("chimera_c4", 4, 4)
     child = ResolveFails(thermal_mock("chimera_c4", seed=0), RequestTimeout("timed out"), 2)
     sampler = samplers.get("qpu", topology="chimera_c4", child_sampler=child, retry_backoff_s=0.0,
                            max_retries=3, seed=0)
@@ -636,11 +609,11 @@ def test_failures_at_resolution_are_retried_or_raised_by_their_own_draw():
 def test_submit_checks_its_request_before_submitting():
     child, sampler = _remote()
     with pytest.raises(ValueError, match="positive int"):
-        sampler.submit(_native_model("chimera_c4", 4, 4), 0)
+        sampler.submit(native_model("chimera_c4", 4, 4), 0)
     with pytest.raises(TypeError, match="BipartiteModel"):
         sampler.submit("model", 5)
     assert child.submitted == 0
-    model = _native_model("chimera_c4", 4, 4)
+    model = native_model("chimera_c4", 4, 4)
     pending = sampler.submit(model, 10, dtype=torch.float32)
     assert isinstance(pending, PendingDraw) and pending.result().samples.dtype == torch.float32
 
@@ -651,7 +624,7 @@ def test_accounting_and_timing_model_count_the_calls_of_a_tiled_draw():
     from samplers.qpu import estimate_access_time_us
     from samplers.qpu.timing import project
 
-    model = _native_model("pegasus_p4", 5, 5)
+    model = native_model("pegasus_p4", 5, 5)
     sampler = _qpu("pegasus_p4", beta_eff=4.0, num_reads=100)
     z, info = sampler.draw(model, 250)
     # 11 copies: ⌈100/11⌉ = 10 reads give 110 samples per call; 250 samples take 3 calls
@@ -702,7 +675,7 @@ PACKED_CASES = {
 def _packed_models(case):
     topology, specs = PACKED_CASES[case]
     topo = topologies.load(topology)
-    make = (lambda n_l, n_r, seed: _native_model(topology, n_l, n_r, seed=seed)) \
+    make = (lambda n_l, n_r, seed: native_model(topology, n_l, n_r, seed=seed)) \
         if topo.mode == "native" else \
         (lambda n_l, n_r, seed: random_native_model(topo, n_l, n_r, seed=seed, scale=2.0))
     return topology, [make(n_l, n_r, seed).with_beta(beta) for n_l, n_r, seed, beta in specs]
@@ -724,13 +697,13 @@ def test_each_packed_model_samples_its_own_exact_distribution(case):
     bounds = []
     for model, (z, info) in zip(models, results):
         assert z.shape == (n, model.num_units) and info["beta"] == model.beta
-        states, p = _exact_distribution(model)
-        bounds.append(_tv_bound(p, n, 1e-4 / 3))
-        assert 0.5 * (_empirical(states, z) - p).abs().sum().item() < bounds[-1]
+        states, p = exact_distribution(model)
+        bounds.append(tv_mcdiarmid(p, n, 1e-4 / 3))
+        assert 0.5 * (empirical_distribution(states, z) - p).abs().sum().item() < bounds[-1]
     for s, t in itertools.permutations(range(3), 2):
         if models[s].num_units == models[t].num_units:   # sensitivity: no model got another's
-            states, p_other = _exact_distribution(models[t])
-            assert 0.5 * (_empirical(states, results[s].samples) - p_other).abs().sum().item() \
+            states, p_other = exact_distribution(models[t])
+            assert 0.5 * (empirical_distribution(states, results[s].samples) - p_other).abs().sum().item() \
                 > 1.5 * bounds[s]
 
 
@@ -739,17 +712,17 @@ def test_packed_models_are_independent():
     # model B should be distributed as p_A ⊗ p_B (64 joint states); the joint's TV to it measures
     # any dependence between the models (and any error of either), with the iid bound and a
     # union bound over all 64 pairs
-    a = _native_model("chimera_c4", 2, 1, seed=3, scale=1.5)
-    b = _native_model("chimera_c4", 2, 1, seed=4, scale=1.5).with_beta(0.7)
+    a = native_model("chimera_c4", 2, 1, seed=3, scale=1.5)
+    b = native_model("chimera_c4", 2, 1, seed=4, scale=1.5).with_beta(0.7)
     _, sampler = _remote(tiles="auto", num_reads=10000)
     reads = 8000
     za, zb = (r.samples for r in sampler.draw_tiled([a, b], reads * 8))
     weights = torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)
     codes_a = (za.reshape(reads, 8, 3).double() @ weights).long()   # read after read, copy after copy
     codes_b = (zb.reshape(reads, 8, 3).double() @ weights).long()
-    p_a, p_b = _exact_distribution(a)[1], _exact_distribution(b)[1]
+    p_a, p_b = exact_distribution(a)[1], exact_distribution(b)[1]
     pp = (p_a[:, None] * p_b[None, :]).reshape(-1)
-    bound = _tv_bound(pp, reads, 1e-4 / 64)
+    bound = tv_mcdiarmid(pp, reads, 1e-4 / 64)
 
     def joint_tv(x, y, target):
         counts = torch.bincount(x * 8 + y, minlength=64).double()
@@ -765,8 +738,8 @@ def test_packed_models_are_independent():
 def test_a_packed_call_splits_its_access_time_by_qubits():
     from samplers.qpu import estimate_access_time_us
 
-    models = [_native_model("pegasus_p4", 5, 5, seed=1), _native_model("pegasus_p4", 3, 3, seed=2),
-              _native_model("pegasus_p4", 3, 3, seed=3)]
+    models = [native_model("pegasus_p4", 5, 5, seed=1), native_model("pegasus_p4", 3, 3, seed=2),
+              native_model("pegasus_p4", 3, 3, seed=3)]
     sampler = _qpu("pegasus_p4", beta_eff=4.0, num_reads=100)
     results = sampler.draw_tiled(models, [250, 100, 100])
     infos = [r.info for r in results]
@@ -787,7 +760,7 @@ def test_a_packed_call_splits_its_access_time_by_qubits():
 
 
 def test_a_tiled_draw_of_one_model_is_a_draw():
-    model = _native_model("chimera_c4", 5, 5, seed=1)
+    model = native_model("chimera_c4", 5, 5, seed=1)
     single = _qpu(beta_eff=4.0, num_reads=100).draw(model, 250)
     tiled, = _qpu(beta_eff=4.0, num_reads=100).draw_tiled([model], 250)
     assert torch.equal(single.samples, tiled.samples)
@@ -799,11 +772,11 @@ def test_a_tiled_draw_of_one_model_is_a_draw():
 def test_models_that_do_not_fit_together_go_into_separate_calls():
     # two 40+40 regions cannot share C4's 128 qubits; with tiles: 2, three models of three
     # sizes take two calls (two copies in the first, the third model alone in the second)
-    big = [_native_model("chimera_c4", 40, 40, seed=s, scale=0.1) for s in (1, 2)]
+    big = [native_model("chimera_c4", 40, 40, seed=s, scale=0.1) for s in (1, 2)]
     child, sampler = _remote(tiles="auto", num_reads=20)
     results = sampler.draw_tiled(big, 20)
     assert child.submitted == 2 and [r.info["packed_models"] for r in results] == [1, 1]
-    small = [_native_model("chimera_c4", n, n, seed=n) for n in (5, 4, 3)]
+    small = [native_model("chimera_c4", n, n, seed=n) for n in (5, 4, 3)]
     child, sampler = _remote(tiles=2, num_reads=20)
     infos = [r.info for r in sampler.draw_tiled(small, 20)]
     assert child.submitted == 2 and [i["packed_models"] for i in infos] == [2, 2, 1]
@@ -811,8 +784,8 @@ def test_models_that_do_not_fit_together_go_into_separate_calls():
 
 
 def test_a_model_out_of_range_is_named_and_nothing_is_sent():
-    good = _native_model("chimera_c4", 4, 4, seed=1)
-    bad = _native_model("chimera_c4", 4, 4, seed=2, scale=100.0)
+    good = native_model("chimera_c4", 4, 4, seed=1)
+    bad = native_model("chimera_c4", 4, 4, seed=2, scale=100.0)
     child, sampler = _remote(beta_eff=1.0)
     before = sampler.state_dict()
     with pytest.raises(QPURangeError, match="model 1 of the tiled draw: programmed"):
@@ -828,7 +801,7 @@ def test_a_model_out_of_range_is_named_and_nothing_is_sent():
 def test_a_tiled_draw_is_one_call_of_its_sampler_and_followers_take_it():
     # the thermal mock samples at β 5; from a guess of 2.5 a due recalibration measures β_eff
     # once, from the whole packed call, and a follower takes the call and the measurement
-    models = [_native_model("chimera_c4", 4, 4, seed=s, scale=0.5) for s in (1, 2)]
+    models = [native_model("chimera_c4", 4, 4, seed=s, scale=0.5) for s in (1, 2)]
     host = _qpu(beta_true=5.0, beta_eff=2.5, num_reads=1000, recalibrate_every=2)
     follower = _qpu(beta_true=5.0, beta_eff=2.5, recalibrate_every=2)
     assert not host.recalibration_due
@@ -882,7 +855,7 @@ def _srt_sampler(child, **options):
 
 
 def test_spin_reversal_transforms_gauge_every_call_and_every_copy():
-    model = _native_model("chimera_c4", 4, 4, seed=3)
+    model = native_model("chimera_c4", 4, 4, seed=3)
     # one copy per call: four transforms need four calls, sharing the 400 samples out
     child = Recording(thermal_mock("chimera_c4", seed=0))
     sampler = _srt_sampler(child, tiles=1, num_reads=1000, spin_reversal_transforms=4)
@@ -914,7 +887,7 @@ def test_spin_reversal_transforms_gauge_every_call_and_every_copy():
 
 
 def test_spin_reversal_transforms_are_reproducible_and_resume_exactly():
-    model = _native_model("chimera_c4", 4, 4, seed=3)
+    model = native_model("chimera_c4", 4, 4, seed=3)
 
     def sampler(seed, child_seed=0):
         child = Recording(thermal_mock("chimera_c4", seed=child_seed, per_problem_seed=True))
@@ -948,24 +921,24 @@ def test_spin_reversal_transforms_option_is_checked():
 def test_spin_reversal_transforms_in_a_tiled_draw_keep_each_model_exact():
     # two models sharing one call's copies, each copy under its own transform; a different seed
     # for the child than the sampler's, so gauges and Gibbs runs are not coupled by accident
-    a = _native_model("chimera_c4", 3, 3, seed=4)
-    b = _native_model("chimera_c4", 3, 3, seed=5).with_beta(0.6)
+    a = native_model("chimera_c4", 3, 3, seed=4)
+    b = native_model("chimera_c4", 3, 3, seed=5).with_beta(0.6)
     child = Recording(thermal_mock("chimera_c4", beta=4.0, seed=9))
     sampler = _srt_sampler(child, num_reads=1000, spin_reversal_transforms=4)
     n = 4000
     ra, rb = sampler.draw_tiled([a, b], n)
     assert ra.info["num_qpu_calls"] == len(child.problems) == 4
     for model, result in ((a, ra), (b, rb)):
-        states, p = _exact_distribution(model)
-        tv = 0.5 * (_empirical(states, result.samples) - p).abs().sum().item()
-        assert tv < _tv_bound(p, n, 1e-4 / 2)
+        states, p = exact_distribution(model)
+        tv = 0.5 * (empirical_distribution(states, result.samples) - p).abs().sum().item()
+        assert tv < tv_mcdiarmid(p, n, 1e-4 / 2)
     assert len({tuple(np.sign(list(problem.linear.values()))) for problem in child.problems}) == 4
 
 
 def test_beta_eff_is_measured_in_the_frame_of_the_samples_under_transforms():
     # pseudo-likelihood of the un-transformed samples against the problem recorded for them:
     # right only if that problem was taken back to the same frame (tiles: 1, four calls)
-    model = _native_model("chimera_c4", 8, 8, seed=2)
+    model = native_model("chimera_c4", 8, 8, seed=2)
     sampler = _srt_sampler(thermal_mock("chimera_c4", beta=3.0, seed=1), tiles=1,
                            num_reads=500, spin_reversal_transforms=4)
     assert sampler.draw(model, 2000).info["num_qpu_calls"] == 4
@@ -976,7 +949,7 @@ def test_beta_eff_is_measured_in_the_frame_of_the_samples_under_transforms():
 def test_clipping_keeps_every_term_on_its_own_qubit():
     # a tiled problem's variables are not in sorted order; clipping (and the error naming the
     # worst term) must follow each term's own labels, not dimod's sorted order
-    model = _native_model("chimera_c4", 4, 4, scale=30.0)
+    model = native_model("chimera_c4", 4, 4, scale=30.0)
     child = Recording(thermal_mock("chimera_c4", seed=0))
     sampler = samplers.get("qpu", topology="chimera_c4", beta_eff=1.0, range_policy="clip",
                            child_sampler=child)

@@ -8,51 +8,18 @@ sweeps). With n = 40,000 the bound is ≈ E[TV] + 0.02, while sampling at the wr
 ignoring the mask moves TV by 0.1 or more (checked below).
 """
 
-import itertools
-import math
 
 import dimod
 import numpy as np
 import pytest
 import torch
+from references import brute_force, empirical, rbm, tv_bound
 
 import samplers
 from samplers import BipartiteModel, SamplerOptionError
 
 N_SAMPLES = 40_000
 APPROXIMATE = ("gibbs", "neal", "pa")
-
-
-def rbm(n_left, n_right, seed, scale=0.5, masked=False, beta=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(n_left, n_right, generator=gen) * scale
-    mask = (torch.rand(n_left, n_right, generator=gen) < 0.5).float() if masked else None
-    a_l = torch.randn(n_left, generator=gen) * scale
-    a_r = torch.randn(n_right, generator=gen) * scale
-    return BipartiteModel(a_l, a_r, w, mask, beta)
-
-
-def brute_force(model):
-    """All states and their exact probabilities, straight from E(z) (no sampler code)."""
-    n_l = model.num_left
-    states = torch.tensor(list(itertools.product([0, 1], repeat=model.num_units)), dtype=torch.float64)
-    a_l, a_r = model.a_left.double(), model.a_right.double()
-    w = model.W.double() if model.mask is None else (model.W * model.mask).double()
-    zl, zr = states[:, :n_l], states[:, n_l:]
-    neg_e = zl @ a_l + zr @ a_r + ((zl @ w) * zr).sum(1)
-    return states, torch.softmax(model.beta * neg_e, 0)
-
-
-def empirical(z, n_units):
-    idx = (z.long() * (2 ** torch.arange(n_units - 1, -1, -1))).sum(1)
-    counts = torch.bincount(idx, minlength=2**n_units).double()
-    return counts / counts.sum()
-
-
-def tv_bound(p, n, systematic):
-    mean = 0.5 * float(torch.sqrt(2 * p * (1 - p) / (math.pi * n)).sum())
-    sd = 0.5 * math.sqrt((1 - 2 / math.pi) * float((p * (1 - p)).sum()) / n)
-    return mean + 6 * sd + systematic
 
 
 # neal's default 40 sweeps leave a small bias visible at this sample size (moments off by up to

@@ -19,8 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_qpu import _empirical, _exact_distribution, _native_model, _tv_bound
-from test_samplers import brute_force, empirical, rbm, tv_bound
+from references import (
+    brute_force,
+    empirical,
+    empirical_distribution,
+    exact_distribution,
+    native_model,
+    rbm,
+    tv_bound,
+    tv_mcdiarmid,
+)
 
 import samplers
 from dvae_q.cli.main import main
@@ -414,8 +422,8 @@ def test_qpu_sessions_are_packed_into_one_call_and_get_their_own_samples(trusted
     """Two sessions with different models (one at another β) drawing together: one QPU call per
     round carries both, each session's samples pass the exact-distribution test of its own model
     (and fail against the other's), and the call's access time is split between them."""
-    models = [_native_model("chimera_c4", 5, 5, seed=1),
-              _native_model("chimera_c4", 5, 5, seed=2).with_beta(0.6)]
+    models = [native_model("chimera_c4", 5, 5, seed=1),
+              native_model("chimera_c4", 5, 5, seed=2).with_beta(0.6)]
 
     async def body(service):
         ids = [await _open(service, seed=i) for i in range(2)]
@@ -431,17 +439,17 @@ def test_qpu_sessions_are_packed_into_one_call_and_get_their_own_samples(trusted
             a["call_qpu_access_time_us"]) and a["call_qpu_access_time_us"] > 0
     bounds = []
     for model, (z, _) in zip(models, results):
-        states, p = _exact_distribution(model)
-        bounds.append(_tv_bound(p, len(z), 1e-4 / 2))  # iid bound, union over the two sessions
-        assert len(z) == 6000 and 0.5 * (_empirical(states, z) - p).abs().sum().item() < bounds[-1]
+        states, p = exact_distribution(model)
+        bounds.append(tv_mcdiarmid(p, len(z), 1e-4 / 2))  # iid bound, union over the two sessions
+        assert len(z) == 6000 and 0.5 * (empirical_distribution(states, z) - p).abs().sum().item() < bounds[-1]
     for s, t in ((0, 1), (1, 0)):   # sensitivity: no session got the other's samples
-        states, p_other = _exact_distribution(models[t])
-        assert 0.5 * (_empirical(states, results[s][0]) - p_other).abs().sum().item() > 1.5 * bounds[s]
+        states, p_other = exact_distribution(models[t])
+        assert 0.5 * (empirical_distribution(states, results[s][0]) - p_other).abs().sum().item() > 1.5 * bounds[s]
 
 
 def test_unpacked_qpu_service_equals_separate_samplers(trusted_test_factory):
     """Packing off: each QPU session is its own local sampler, bit for bit, one call per draw."""
-    models = [_native_model("chimera_c4", 5, 5, seed=1), _native_model("chimera_c4", 4, 4, seed=2)]
+    models = [native_model("chimera_c4", 5, 5, seed=1), native_model("chimera_c4", 4, 4, seed=2)]
     spec = _qpu_spec(packing=False, num_reads=500)
     local = [samplers.get("qpu", run={"seed": i, "topology": "chimera_c4"}, **spec.options)
              for i in range(2)]
@@ -462,7 +470,7 @@ def test_packed_qpu_sessions_share_one_beta_eff_measurement(trusted_test_factory
     """The QPU samples at β 5; sessions start from a guess of 2.5 and re-measure every call. A
     packed call measures once, from all its copies; both sessions take the value, and the next
     call programs both with it."""
-    models = [_native_model("chimera_c4", 8, 8, seed=s, scale=0.5) for s in (1, 2)]
+    models = [native_model("chimera_c4", 8, 8, seed=s, scale=0.5) for s in (1, 2)]
     spec = _qpu_spec(packing=True, num_reads=1000, beta_true=5.0, beta_eff=2.5, recalibrate_every=1)
 
     async def body(service):
@@ -486,8 +494,8 @@ def test_packed_qpu_sessions_share_one_beta_eff_measurement(trusted_test_factory
 def test_a_model_the_qpu_refuses_is_refused_alone(trusted_test_factory):
     """A session whose model is out of the QPU's range fails on its own; the packed call it
     would have joined runs without it."""
-    good = _native_model("chimera_c4", 4, 4, seed=1)
-    bad = _native_model("chimera_c4", 4, 4, seed=2, scale=100.0)
+    good = native_model("chimera_c4", 4, 4, seed=1)
+    bad = native_model("chimera_c4", 4, 4, seed=2, scale=100.0)
 
     async def body(service):
         ids = [await _open(service, seed=i) for i in range(2)]
