@@ -101,7 +101,7 @@ class RemoteSampler(Sampler):
             if self._client is not None and self._client.session is not None:
                 self._client.set_state(None, {})
             elif self._client is not None:
-                self._client.last_state = None
+                self._client.saved(None)
             return
         sampler, inner = (state.get("sampler"), state["state"]) if "remote" in state else (None, state)
         self._pending = {"remote": 1, "sampler": sampler, "state": inner}

@@ -43,6 +43,24 @@ def parse_sets(items: list[str] | None, sampler: str) -> dict:
     return options
 
 
+def parse_resources(items: list[str] | None) -> dict:
+    """`--resource NAME=AMOUNT`: custom Ray resources the service needs (a node label)."""
+    resources = {}
+    for item in items or []:
+        name, sep, amount = item.partition("=")
+        try:
+            value = float(amount) if sep else float("nan")
+        except ValueError:
+            value = float("nan")
+        if not name.strip() or not value > 0 or value == float("inf"):
+            raise BadInput(f"--resource {item}: expected NAME=AMOUNT with AMOUNT > 0")
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise BadInput(f"--resource {name}: use --num-cpus / --num-gpus for Ray's own "
+                           "resources")
+        resources[name.strip()] = value
+    return resources
+
+
 def _served_options(args) -> dict:
     """The served sampler's options, validated by building one instance here first."""
     import samplers
@@ -74,11 +92,12 @@ def cmd_serve(args) -> int:
     if args.num_gpus < 0 or args.num_cpus < 0 or args.max_restarts < 0 or args.pack_window_ms < 0:
         raise BadInput("--num-gpus, --num-cpus, --max-restarts and --pack-window-ms are >= 0")
     options = _served_options(args)
+    resources = parse_resources(args.resource)
     actor, head = _service_modules()
     spec = ServiceSpec(name=args.name, sampler=args.sampler, options=options,
                        topology=args.topology, packing=not args.no_packing,
                        pack_window_s=args.pack_window_ms / 1000, max_restarts=args.max_restarts,
-                       num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+                       num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=resources)
     try:
         head.connect(args.address, start=True)
         actor.start(spec)
@@ -135,6 +154,13 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _placement(description: dict, status: dict) -> str:
+    """Where it runs: its Ray node (it can change after a restart) and its custom resources."""
+    wanted = ", ".join(f"{k}={v:g}" for k, v in (description.get("resources") or {}).items())
+    node = f", node {status['node'][:12]}" if status.get("node") else ""
+    return node + (f", resources {wanted}" if wanted else "")
+
+
 def cmd_status(args) -> int:
     from samplers.service.accounting import format_table
 
@@ -143,7 +169,8 @@ def cmd_status(args) -> int:
     d, c = s["service"], s["counters"]
     packing = f"packing on, window {d['pack_window_s'] * 1000:g} ms" if d["packing"] else "packing off"
     print(f"service '{d['name']}': sampler {d['sampler']} ({packing}), cpus {d['num_cpus']:g}, "
-          f"gpus {d['num_gpus']:g}, max_restarts {d['max_restarts']}, up {_uptime(d['started'])}")
+          f"gpus {d['num_gpus']:g}, max_restarts {d['max_restarts']}, up {_uptime(d['started'])}"
+          f"{_placement(d, s)}")
     print(f"sessions: {len(s['sessions'])} open, {c['sessions_opened']} opened, "
           f"{c['sessions_dropped']} dropped after their timeout; device calls: "
           f"{c['device_calls']:,} ({c['packed_calls']:,} packed, carrying "
@@ -190,6 +217,9 @@ def add_commands(subparsers) -> None:
     serve.add_argument("--num-gpus", type=float, default=0, help="GPUs reserved for it")
     serve.add_argument("--num-cpus", type=float, default=1, help="CPUs reserved for it "
                        "(also its torch threads)")
+    serve.add_argument("--resource", action="append", metavar="NAME=AMOUNT",
+                       help="a custom Ray resource it needs: it runs, and is restarted, only "
+                            "on nodes started with it (ray start --resources)")
     serve.add_argument("--no-packing", action="store_true", help="run every request alone")
     serve.add_argument("--pack-window-ms", type=float, default=2.0,
                        help="how long a request waits for others to pack with")

@@ -5,7 +5,8 @@ The actor is an async actor: its methods are coroutines on one event loop, forwa
 plain-asyncio core, so one slow draw never blocks heartbeats or `service status`. It lives in
 the Ray namespace `dvae-q` under its service name, outlives the process that started it
 (`lifetime="detached"`), and is restarted by Ray up to `max_restarts` times if its process dies
-(sessions do not survive a restart: trainers reopen theirs, see client.py).
+(sessions do not survive a restart: trainers rebuild theirs, see client.py). Custom resources
+(`ServiceSpec.resources`) pin it to the nodes that offer them, for its restarts too.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class ServiceActor:
         return await self._core.touch(session_ids)
 
     async def status(self):
-        return await self._core.status()
+        # where it runs: after a restart by Ray that can be another node
+        return {**await self._core.status(), "node": ray.get_runtime_context().get_node_id()}
 
     async def ping(self, session_id=None):
         return await self._core.ping(session_id)
@@ -93,7 +95,7 @@ def start(spec: ServiceSpec) -> dict:
                          f"with `dvae-q service stop {spec.name}` or pick another --name")
     handle = ServiceActor.options(
         name=spec.name, namespace=NAMESPACE, lifetime="detached", num_cpus=spec.num_cpus,
-        num_gpus=spec.num_gpus, max_restarts=spec.max_restarts,
+        num_gpus=spec.num_gpus, max_restarts=spec.max_restarts, resources=spec.resources or None,
     ).remote(asdict(spec))
     try:
         # Ray's error thread prints a dead worker's report as it happens (on stdout): the one
@@ -104,8 +106,8 @@ def start(spec: ServiceSpec) -> dict:
     except ray.exceptions.GetTimeoutError:
         ray.kill(handle, no_restart=True)
         raise ServiceUnavailable(f"service '{spec.name}' did not come up within "
-                                 f"{START_TIMEOUT_S:g} s (not enough free CPUs or GPUs in the "
-                                 "cluster?)") from None
+                                 f"{START_TIMEOUT_S:g} s (no node with enough free CPUs, GPUs "
+                                 "and --resource in the cluster?)") from None
     except ray.exceptions.RayActorError as exc:
         # the last line of Ray's report is the constructor's own error (an import error when
         # the cluster's Python lacks dvae-q, say)

@@ -7,9 +7,18 @@ survive a restarted service.
   its session through long evaluations, and a trainer that disappears loses it.
 * If the service dies: when it was started with `max_restarts` > 0 the client waits up to
   `reconnect_timeout_s` for Ray to bring it back, reopens its session from the last state it
-  holds (the last one it saved or loaded: its chains continue from the last checkpoint, not
-  from the last call) and retries the call, counting `service_reconnects`; otherwise, or when
-  the service does not come back, it raises `ServiceUnavailable` (a RuntimeError) at once.
+  holds (the last one it saved or loaded) and retries the call, counting `service_reconnects`;
+  otherwise, or when the service does not come back, it raises `ServiceUnavailable` (a
+  RuntimeError) at once.
+* Exact continuation. The trainer goes on from its last call, not from its last checkpoint, so
+  a session reopened from the last saved state alone would rewind its chains under a model
+  that moved on. For a sampler whose draws are a pure function of its state (the service says
+  so when the session opens: `session.REPLAYABLE`), the client therefore keeps the draw
+  requests made since that state and, after a restart, replays them into the new session
+  (discarding their samples) before it retries: the chains and the random stream are then
+  exactly where the lost session left them. The log is bounded: every REPLAY_LIMIT draws or
+  REPLAY_BYTES of requests the client reads the session's state itself, which empties it. For
+  other samplers (a QPU) the session continues from the last state, which is not exact.
 """
 
 from __future__ import annotations
@@ -37,9 +46,14 @@ from samplers.service.wire import (
     decode_tree,
     encode_model,
     encode_tree,
+    message_bytes,
 )
 
 RETRY_POLL_S = 0.5
+# the replay log's bounds: a restart costs at most this many extra draws, and the client holds
+# at most this much of the models it sent
+REPLAY_LIMIT = 32
+REPLAY_BYTES = 64 << 20
 
 
 class _Restarted(Exception):
@@ -81,7 +95,10 @@ class ServiceClient:
         self.incarnation: str | None = None
         self.description: dict = {}
         self.last_state: dict | None = None  # state message the session was last saved/loaded as
-        self.reconnects = 0
+        # draw requests since last_state, to replay after a restart; None: not replayable
+        self.replay: list[dict] | None = []
+        self._replay_bytes = 0
+        self.reconnects = self.replayed = 0
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
         self._live: dict = {}  # the open session, for the exit hook
@@ -136,8 +153,16 @@ class ServiceClient:
         reply = self._call("open_session", request)
         if not reply["ok"]:
             self._raise_refusal(reply)
-        self.session, self.incarnation = reply["session"], reply["incarnation"]
+        session, self.incarnation = reply["session"], reply["incarnation"]
         self.description = reply["service"]
+        if not reply.get("replayable"):
+            self.replay = None
+        for logged in self.replay or ():  # bring a rebuilt session to where the lost one was
+            replayed = self._call("draw", session, logged)
+            if not replayed["ok"]:
+                self._raise_refusal(replayed)
+            self.replayed += 1
+        self.session = session
         self._live.update(handle=self.handle, session=self.session)
         if self._beat is None:
             period = self.request["timeout_s"] / 3
@@ -171,13 +196,28 @@ class ServiceClient:
         """(uint8 samples, info) of one call."""
         request = {"model": encode_model(model), "num_samples": num_samples}
         reply = self._session_call("draw", request)
-        info = dict(reply["info"], service_reconnects=self.reconnects)
-        return decode_samples(reply["samples"]), info
+        info = dict(reply["info"], service_reconnects=self.reconnects,
+                    service_replayed_draws=self.replayed)
+        samples = decode_samples(reply["samples"])
+        if self.replay is not None:
+            self.replay.append(request)
+            self._replay_bytes += message_bytes(request["model"])
+            if len(self.replay) >= REPLAY_LIMIT or self._replay_bytes >= REPLAY_BYTES:
+                self.get_state()  # a fresh starting point, so the log stays short
+        return samples, info
+
+    def saved(self, message: dict | None) -> None:
+        """The session's state is now `message` (None: its initial state): the replay log
+        restarts from it."""
+        self.last_state = message
+        if self.replay is not None:
+            self.replay = []
+            self._replay_bytes = 0
 
     def get_state(self) -> dict:
         """The session's sampler state: {'sampler': name, 'state': tree of tensors}."""
         message = self._session_call("get_state")["state"]
-        self.last_state = message
+        self.saved(message)
         return {"sampler": message["sampler"], "state": decode_tree(message["state"])}
 
     def set_state(self, sampler: str | None, state: dict) -> None:
@@ -187,7 +227,7 @@ class ServiceClient:
                    "state": encode_tree(state)}
         if self.session is not None:
             self._session_call("set_state", message)
-        self.last_state = message
+        self.saved(message)
 
     def check(self) -> None:
         """Preflight: the service exists and would accept this session; opens nothing."""

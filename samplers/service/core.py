@@ -27,7 +27,7 @@ from samplers.model import BipartiteModel
 from samplers.service.accounting import Usage, charge, info_share
 from samplers.service.errors import BadRequest, one_line
 from samplers.service.packing import PACKED, Unpackable, plan
-from samplers.service.session import Session, build_sampler, new_id
+from samplers.service.session import REPLAYABLE, Session, build_sampler, new_id
 from samplers.service.wire import (
     WIRE_VERSION,
     decode_model,
@@ -55,6 +55,9 @@ class ServiceSpec:
     max_restarts: int = 0
     num_cpus: float = 1
     num_gpus: float = 0
+    # custom Ray resources it needs, e.g. {"sampler_node": 1}: only nodes that offer them can
+    # host it, the first time and after a restart
+    resources: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -149,7 +152,8 @@ class SamplingService:
                           sampler, float(timeout), packed)
         self.sessions[session.id] = session
         self.counters["sessions_opened"] += 1
-        return self._ok(session=session.id, service=self.describe())
+        return self._ok(session=session.id, service=self.describe(),
+                        replayable=sampler.name in REPLAYABLE)
 
     async def check_session(self, request) -> dict:
         """Would open_session(request) succeed? Builds the sampler and drops it: a trainer's

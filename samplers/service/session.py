@@ -19,6 +19,12 @@ from samplers.service.errors import BadRequest
 from samplers.service.packing import PACKED
 
 _ids = itertools.count(1)
+# samplers whose draws are a pure function of their state_dict(), the model and the sample
+# count (every random number comes from a generator the state holds): the same state and the
+# same calls give the same chains, so a client can rebuild a lost session exactly by replaying
+# its calls since that state (client.py). A QPU's draws cannot be repeated, and repeating them
+# would spend QPU time.
+REPLAYABLE = frozenset({"gibbs", "pa", "neal", "exact"})
 
 
 @dataclass

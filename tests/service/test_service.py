@@ -543,6 +543,16 @@ def test_remote_needs_a_service_name(capsys):
     assert "runs sampler 'gibbs', not 'neal'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, words", [
+    ("svc", "NAME=AMOUNT"), ("svc=0", "AMOUNT > 0"), ("svc=x", "AMOUNT > 0"),
+    ("=1", "NAME=AMOUNT"), ("CPU=1", "--num-cpus"),
+])
+def test_bad_resource_flags_are_one_line_input_errors(flag, words, capsys):
+    assert main(["serve", "--sampler", "gibbs", "--name", "x", "--resource", flag]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err
+
+
 # ---- against a local Ray instance -----------------------------------------------------------
 
 ray_group = pytest.mark.xdist_group("ray_service")
@@ -730,7 +740,8 @@ def test_load_test_loses_and_mixes_nothing(serve, ray_address):
 @ray_group
 def test_reconnects_to_a_service_restarted_by_ray(serve, ray_address):
     """With --max-restarts the service comes back after its process dies; the trainer's next
-    call reopens its session from the last state it saved, and says so in its info."""
+    call rebuilds its session from the last state it saved plus the draws made since (replayed),
+    so its samples are those the lost session would have drawn, and its info says so."""
     import ray
 
     from samplers.service import actor
@@ -738,9 +749,12 @@ def test_reconnects_to_a_service_restarted_by_ray(serve, ray_address):
     serve("phoenix", "--max-restarts", "1", "--no-packing", *GIBBS)
     model = rbm(5, 5, seed=2)
     remote = _remote(ray_address, "phoenix", seed=3, reconnect_timeout_s=60)
+    local = samplers.get("gibbs", num_chains=64, sweeps=5, seed=3)
     remote.sample(model, 64)
-    saved = remote.state_dict()
-    remote.sample(model, 64)  # not saved: lost with the service
+    remote.state_dict()
+    remote.sample(model, 64)  # not saved: replayed into the rebuilt session
+    for _ in range(2):
+        local.sample(model, 64)
     before = actor.call(actor.find("phoenix"), "ping")["incarnation"]
     ray.kill(actor.find("phoenix"), no_restart=False)
     for _ in range(600):  # ray.kill returns at once: wait until the old process is gone
@@ -751,11 +765,36 @@ def test_reconnects_to_a_service_restarted_by_ray(serve, ray_address):
             pass
         time.sleep(0.1)
     result = remote.draw(model, 64)
-    assert result.info["service_reconnects"] == 1
-    local = samplers.get("gibbs", num_chains=64, sweeps=5)
-    local.load_state_dict(saved["state"])
+    assert result.info["service_reconnects"] == 1 and result.info["service_replayed_draws"] == 1
     assert torch.equal(result.samples, local.sample(model, 64))
+    assert torch.equal(remote.state_dict()["state"]["chains"], local.state_dict()["chains"])
     remote.close()
+
+
+def test_the_replay_log_is_bounded_by_state_reads(monkeypatch):
+    """After REPLAY_LIMIT unsaved draws the client reads the session's state itself, so a
+    restart never replays more than that; a sampler the service does not declare replayable
+    keeps no log at all."""
+    from samplers.service import client as client_module
+
+    calls = []
+
+    class FakeClient(client_module.ServiceClient):
+        def _session_call(self, method, *args):
+            calls.append(method)
+            if method == "draw":
+                return {"ok": True, "info": {}, "samples": encode_samples(torch.zeros(2, 9))}
+            return {"ok": True, "state": {"sampler": "gibbs", "state": encode_tree({})}}
+
+    monkeypatch.setattr(client_module, "REPLAY_LIMIT", 3)
+    client = FakeClient("svc")
+    model = rbm(4, 5, seed=1)
+    for _ in range(7):
+        client.draw(model, 2)
+    assert calls.count("get_state") == 2 and len(client.replay) == 1
+    client.replay = None  # as _open sets it for a sampler outside session.REPLAYABLE
+    client.draw(model, 2)
+    assert client.replay is None and calls.count("get_state") == 2
 
 
 # ---- trainers in their own processes --------------------------------------------------------
