@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from runs import assert_same_run
 
 from dvae_q.cli.main import main
 from dvae_q.training import checkpoint, metrics
@@ -218,29 +219,6 @@ def local_runs(tmp_path_factory):
         proc.communicate()
 
 
-def _tensors(tree, prefix=""):
-    if isinstance(tree, torch.Tensor):
-        return {prefix: tree}
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) \
-        if isinstance(tree, (list, tuple)) else ()
-    out = {}
-    for key, value in items:
-        out.update(_tensors(value, f"{prefix}/{key}"))
-    return out
-
-
-def _assert_identical(local_run: Path, remote_run: Path):
-    a = checkpoint.load(local_run / checkpoint.LAST)
-    b = checkpoint.load(remote_run / checkpoint.LAST)
-    assert a["step"] == b["step"] == STEPS
-    for part in ("model", "optimizer"):
-        ta, tb = _tensors(a[part]), _tensors(b[part])
-        assert ta.keys() == tb.keys() and ta
-        for key in ta:
-            assert torch.equal(ta[key], tb[key]), (part, key)
-    assert torch.equal(a["sampler"]["chains"], b["sampler"]["state"]["chains"])
-
-
 def _rows(run: Path) -> list[dict]:
     try:
         return metrics.read(run / "metrics.csv")
@@ -295,7 +273,7 @@ def test_two_trainers_on_other_nodes_match_local_runs_bit_for_bit(nodes, service
     assert main(["service", "status", name]) == 0
     assert f"node {nodes.id('a')[:12]}, resources svc=1" in capsys.readouterr().out
     for seed, run in runs.items():
-        _assert_identical(local_runs(seed), run)
+        assert_same_run(local_runs(seed), run, STEPS)
 
 
 def test_killed_trainer_resumes_exactly_on_another_node(nodes, service, local_runs, tmp_path):
@@ -312,7 +290,7 @@ def test_killed_trainer_resumes_exactly_on_another_node(nodes, service, local_ru
     assert reached < STEPS, "the kill must interrupt the run"
     code, err, _ = _result(nodes.trainer("c", ["train", "--resume", str(run), "--quiet"]))
     assert code == 0, err
-    _assert_identical(local_runs(1), run)
+    assert_same_run(local_runs(1), run, STEPS)
 
 
 def test_service_node_killed_with_restarts_trainers_reconnect_exactly(nodes, service, local_runs,
@@ -334,7 +312,7 @@ def test_service_node_killed_with_restarts_trainers_reconnect_exactly(nodes, ser
     for seed, run in runs.items():
         reconnects = _column(run, "sampler/service_reconnects")
         assert reconnects[-1] == 1 and reconnects[0] == 0, "the kill must interrupt the run"
-        _assert_identical(local_runs(seed), run)
+        assert_same_run(local_runs(seed), run, STEPS)
 
 
 def test_service_node_killed_without_restarts_stops_trainers_with_exit_1(nodes, service,
@@ -371,7 +349,7 @@ def test_trainer_node_killed_its_session_is_reclaimed_the_other_finishes(nodes, 
     nodes.add("b", cpus=8, node_b=8)
     code, err, _ = _result(survivor)
     assert code == 0, err
-    _assert_identical(local_runs(2), runs[2])
+    assert_same_run(local_runs(2), runs[2], STEPS)
     deadline = time.monotonic() + WAIT_S
     while True:  # the survivor closed its session; the dead trainer's goes after 3 s unheard
         status = actor.call(actor.find(name), "status")

@@ -9,7 +9,6 @@ worker (`xdist_group`, with `--dist loadgroup` in the Makefile) so CI starts one
 import asyncio
 import math
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from references import (
     tv_bound,
     tv_mcdiarmid,
 )
+from runs import assert_same_run, kill_at_step
 
 import samplers
 from dvae_q.cli.main import main
@@ -832,30 +832,6 @@ def _finish(proc) -> str:
     return out
 
 
-def _tensors(tree, prefix=""):
-    """Every tensor of a nested checkpoint entry, by path."""
-    if isinstance(tree, torch.Tensor):
-        return {prefix: tree}
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) \
-        if isinstance(tree, (list, tuple)) else ()
-    out = {}
-    for key, value in items:
-        out.update(_tensors(value, f"{prefix}/{key}"))
-    return out
-
-
-def _assert_identical(local_run: Path, remote_run: Path):
-    a = checkpoint.load(local_run / checkpoint.LAST)
-    b = checkpoint.load(remote_run / checkpoint.LAST)
-    assert a["step"] == b["step"] == STEPS
-    for part in ("model", "optimizer"):
-        ta, tb = _tensors(a[part]), _tensors(b[part])
-        assert ta.keys() == tb.keys() and ta
-        for key in ta:
-            assert torch.equal(ta[key], tb[key]), (part, key)
-    assert torch.equal(a["sampler"]["chains"], b["sampler"]["state"]["chains"])
-
-
 @pytest.fixture(scope="module")
 def local_runs(tmp_path_factory):
     """The reference: two short trainings with the local `gibbs` sampler, seeds 1 and 2,
@@ -881,7 +857,7 @@ def test_two_trainers_on_one_service_match_local_runs_bit_for_bit(serve, ray_add
              for s in (1, 2)}
     for seed, proc in procs.items():
         _finish(proc)
-        _assert_identical(local_runs(seed), tmp_path / f"seed{seed}")
+        assert_same_run(local_runs(seed), tmp_path / f"seed{seed}", STEPS)
     from samplers.service import actor
 
     totals = actor.call(actor.find("shared"), "status")["total"]
@@ -896,23 +872,14 @@ def test_killed_trainer_resumes_exactly_after_the_service_restarts(serve, ray_ad
     serve("restart", "--no-packing", *GIBBS)
     run = tmp_path / "killed"
     proc = _start(_train(run, 1, *_remote_args(ray_address, "restart")))
-    for _ in range(6000):  # poll for up to 5 minutes
-        try:
-            if checkpoint.load(run / checkpoint.LAST)["step"] >= STEPS // 2:
-                break
-        except Exception:  # not written yet
-            pass
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    reached = checkpoint.load(run / checkpoint.LAST)["step"]
+    reached = kill_at_step(proc, run, STEPS // 2)
     assert STEPS // 2 <= reached < STEPS, "the kill must interrupt the run"
     actor.stop("restart")
     serve("restart", "--no-packing", *GIBBS)  # a new service: the old sessions are gone
     resumed = subprocess.run([sys.executable, "-m", "dvae_q.cli.main", "train", "--resume", str(run),
                               "--quiet"], cwd=REPO, env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    _assert_identical(local_runs(1), run)
+    assert_same_run(local_runs(1), run, STEPS)
 
 
 @ray_group

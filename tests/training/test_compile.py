@@ -9,13 +9,12 @@ has the BatchNorm and tanh layers the compiler fuses.
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
+from runs import kill_at_step
 from torch._dynamo.utils import counters
 
 from dvae_q.cli.main import main
@@ -120,16 +119,7 @@ def test_killed_compiled_run_resumes_to_identical_parameters(tmp_path):
     quiet = dict(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     uninterrupted = subprocess.Popen(_train_cmd(straight, 2 * n), **quiet)
     proc = subprocess.Popen(_train_cmd(killed, 2 * n), **quiet)
-    for _ in range(6000):  # poll for up to 5 minutes
-        try:
-            if checkpoint.load(killed / "checkpoint_last.pt")["step"] >= n:
-                break
-        except Exception:  # not written yet
-            pass
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    reached = checkpoint.load(killed / "checkpoint_last.pt")["step"]
+    reached = kill_at_step(proc, killed, n)
     assert n <= reached < 2 * n, "the kill must interrupt the run"
     resumed = subprocess.run([sys.executable, "-m", "dvae_q.cli.main", "train", "--resume",
                               str(killed), "--quiet"], env=env, capture_output=True, text=True)

@@ -2,13 +2,12 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
+from runs import kill_at_step
 
 from dvae_q.cli.main import main
 from dvae_q.errors import RunFailure
@@ -135,16 +134,7 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(killed, 2 * n), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(6000):  # poll for up to 5 minutes
-        try:
-            if checkpoint.load(killed / "checkpoint_last.pt")["step"] >= n:
-                break
-        except Exception:  # not written yet
-            pass
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    reached = checkpoint.load(killed / "checkpoint_last.pt")["step"]
+    reached = kill_at_step(proc, killed, n)
     assert n <= reached < 2 * n, "the kill must interrupt the run"
     resumed = subprocess.run([sys.executable, "-m", "dvae_q.cli.main", "train", "--resume", str(killed),
                               "--quiet"], env=env, capture_output=True, text=True)
