@@ -34,7 +34,9 @@ from dvae_q.training import checkpoint, metrics
 ray = pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.xdist_group("ray_service"), pytest.mark.slow]
+# its own in-process cluster (private RAY_TMPDIR, random ports): it may run beside the
+# "ray_service" group on the other xdist worker, but never beside another in-process Ray
+pytestmark = [pytest.mark.xdist_group("ray_cluster"), pytest.mark.slow]
 GIBBS = ["--set", "sampler_options.gibbs.num_chains=64", "--set", "sampler_options.gibbs.sweeps=5"]
 STEPS = 30
 # every 4th step: a restart then rebuilds a session up to 3 draws older than the trainer, which
