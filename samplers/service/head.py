@@ -40,6 +40,7 @@ from samplers.service import NAMESPACE
 from samplers.service.errors import BadRequest, ServiceUnavailable, UnknownService, one_line
 
 START_TIMEOUT_S = 120.0
+HEAD_PORT = 6379  # Ray's default GCS port, which `ray start --address` on other nodes expects
 PROBE_TIMEOUT_S = 5.0
 CONNECT_BUDGET_S = 30.0
 MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
@@ -107,8 +108,16 @@ def _ray_binary() -> str:
 
 def start_local_head() -> None:
     """A local Ray head that outlives this process (a detached actor needs it to)."""
+    try:  # Ray's own failure here is a GCS timeout that names a log file, not the port
+        socket.create_connection(("127.0.0.1", HEAD_PORT), timeout=PROBE_TIMEOUT_S).close()
+    except OSError:
+        pass
+    else:
+        raise ServiceUnavailable(f"port {HEAD_PORT}, where a new Ray head listens, is taken by "
+                                 "another program (a Ray instance this process does not know "
+                                 "of?); join it with --address, or stop it")
     cmd = [_ray_binary(), "start", "--head", "--include-dashboard=false",
-           "--disable-usage-stats"]
+           "--disable-usage-stats", f"--port={HEAD_PORT}"]
     env = dict(os.environ)
     if env.get(GCS_WAIT_ENV) == str(GCS_WAIT_S):
         del env[GCS_WAIT_ENV]

@@ -70,12 +70,25 @@ class Head:
         raise AssertionError(f"no {program} of this test's head")
 
     def kill(self) -> None:
+        """SIGKILL every process of this head and wait (bounded) until they are gone, so the
+        next head can take the port this one held."""
         for pid in self.pids():
             try:
                 os.kill(pid, signal.SIGCONT)
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(pid) for pid in self.pids()):
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie (which holds no socket)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @pytest.fixture
@@ -219,9 +232,6 @@ def test_a_dead_or_hung_head_is_one_line_and_serve_replaces_a_dead_one(head, tmp
     finally:
         os.kill(gcs, signal.SIGCONT)
     head.kill()  # the head crashes: its address is still on record
-    deadline = time.monotonic() + 30
-    while head.pids() and time.monotonic() < deadline:
-        time.sleep(0.2)
     gone = dvaeq(head, tmp_path, "service", "status", "one", timeout=60)
     one_line(gone, 1, "is gone")
     again = dvaeq(head, tmp_path, "serve", "--name", "one", "--sampler", "gibbs", *GIBBS)
