@@ -21,8 +21,9 @@ from dvae_q.table.cells import (
     select,
     steps_for,
 )
+from dvae_q.table.placement import Hardware, check_flags
 from dvae_q.table.reproduce import reproduce
-from dvae_q.table.scheduler import Hardware, check_address
+from dvae_q.table.scheduler import check_address
 
 
 def _request(args) -> Request:
@@ -64,7 +65,8 @@ def _command_line(args) -> str:
     parts += [x for item in args.set or [] for x in ("--set", item)]
     parts += [x for item in args.variant or [] for x in ("--variant", item)]
     parts += ["--out", args.out]
-    for flag in ("address", "num_cpus", "num_gpus", "cpus_per_cell"):
+    for flag in ("address", "num_cpus", "num_gpus", "cpus_per_cell", "device", "cells_per_gpu",
+                 "retries"):
         if getattr(args, flag) is not None:
             parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return shlex.join(parts)
@@ -79,6 +81,10 @@ def _print_plan(planned: Sequence[Planned]) -> None:
           f"{counts['new']} to start")
 
 
+def _given(value, default):
+    return default if value is None else value
+
+
 def _cmd(args) -> int:
     from dvae_q.logs import configure_logging
     from dvae_q.table import report as reproduction_report
@@ -91,13 +97,17 @@ def _cmd(args) -> int:
         if value is not None and value < (0 if flag == "num_gpus" else 1):
             raise BadInput(f"--{flag.replace('_', '-')} must be >= "
                            f"{0 if flag == 'num_gpus' else 1}")
+    defaults = Hardware()
+    hw = Hardware(args.address, args.num_cpus, args.num_gpus, args.cpus_per_cell, args.device,
+                  _given(args.cells_per_gpu, defaults.cells_per_gpu),
+                  _given(args.retries, defaults.retries))
+    check_flags(hw)
     request = _request(args)
     if args.address:
         check_address(args.address)  # before anything is written
     if args.dry_run:
         _print_plan(plan(request))
         return 0
-    hw = Hardware(args.address, args.num_cpus, args.num_gpus, args.cpus_per_cell)
     reporter = Reporter(quiet=args.quiet)  # a bar on a terminal, plain lines in a log
     configure_logging(reporter)
     outcomes, report = reproduce(request, hw, reporter=reporter)
@@ -146,6 +156,13 @@ def add_command(subparsers) -> None:
                    "only")
     p.add_argument("--cpus-per-cell", type=int, help="CPUs (and torch threads) per cell; none: an "
                    "equal share")
+    p.add_argument("--device", help="cpu, or cuda: one GPU per cell (or a share, "
+                   "--cells-per-gpu) and device: cuda in its config; none: cuda when the cluster "
+                   "has GPUs")
+    p.add_argument("--cells-per-gpu", type=int, help="with --device cuda: cells sharing one GPU "
+                   "(num_gpus = 1/N each), checked against the GPU's memory; default 1")
+    p.add_argument("--retries", type=int, help="times a cell is run again, from its last "
+                   "checkpoint, when its worker or node dies; default 2")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their state")
     p.add_argument("--report-only", action="store_true",
                    help="only (re)write the report from the run directories in --out")

@@ -1,5 +1,10 @@
 """One cell of `dvae-q reproduce` inside a Ray worker: train, resume or skip its run directory,
-and report its host, phase and step to the driver's tracker actor."""
+and report its host, phase and step to the driver's tracker actor.
+
+Ray runs a cell again (a retry) when its worker or its node dies. The retry resumes from the
+run directory's last checkpoint like any rerun; it waits a while for the directory's lock
+because the attempt it replaces may still be going away (its file-system client releasing the
+lock), and a holder that stays is refused as any second writer is."""
 
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ from pathlib import Path
 from dvae_q.progress import NULL, Reporter
 
 SEND_EVERY_S = 0.5  # how often a cell reports its step
+# a retry's wait for the lock of the attempt it replaces: longer than an NFSv4 lease (90 s by
+# default), after which the server drops the locks of a client host that died
+RETRY_LOCK_WAIT_S = 120.0
 
 
 class _CellTask:
@@ -73,6 +81,7 @@ class _TrackerReporter(Reporter):
 
 def run_cell(spec: dict, tracker) -> dict:
     """Train (or resume, or skip) one cell's run directory; the body of each Ray task."""
+    import ray
     import torch
 
     from dvae_q import run as run_api
@@ -80,11 +89,16 @@ def run_cell(spec: dict, tracker) -> dict:
 
     torch.set_num_threads(spec["threads"])
     reporter = _TrackerReporter(tracker, spec["name"])
-    reporter.send(force=True, host=socket.gethostname(), pid=os.getpid(), phase="set-up")
+    attempt = ray.get(tracker.begin.remote(spec["name"], {
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "node": ray.get_runtime_context().get_node_id(), "phase": "set-up"}))
     path = Path(spec["run_dir"])
     rd = RunDir(path)
     if rd.is_complete():  # finished by another invocation since this one planned
         return {"status": "skipped"}
+    if attempt > 1 and rd.config_file.is_file():
+        rd.lock(wait_s=RETRY_LOCK_WAIT_S)  # fit takes it again at once: only a wait here
+        rd.unlock()
     if rd.config_file.is_file():
         run = run_api.fit(run_dir=path, resume=True, reporter=reporter)
     else:
@@ -97,6 +111,13 @@ class Tracker:
 
     def __init__(self):
         self.states: dict[str, dict] = {}
+
+    def begin(self, name: str, state: dict) -> int:
+        """A cell's attempt starts: its number (2 and up: Ray retries a cell whose worker or
+        node died); the last attempt's step and training start are forgotten."""
+        attempt = self.states.get(name, {}).get("attempt", 0) + 1
+        self.states[name] = {**state, "attempt": attempt}
+        return attempt
 
     def update(self, name: str, state: dict) -> None:
         self.states.setdefault(name, {}).update(state)

@@ -23,7 +23,7 @@ PAPER_STEPS = 1_000_000
 MANIFEST = "cells.json"
 CELL_KEYS = ("dataset", "structure", "method", "k")
 # chosen by the command's own flags, never by --set
-RESERVED = (*CELL_KEYS, "seed")
+RESERVED = (*CELL_KEYS, "seed", "device")
 # keys that may differ between the run directory and a rerun: hardware, not the experiment
 HARDWARE_KEYS = ("device",)
 NAME = re.compile(r"[A-Za-z0-9_]+")

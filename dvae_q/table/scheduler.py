@@ -1,11 +1,16 @@
 """The cell scheduler of `dvae-q reproduce`: join or start Ray, give each cell its share of the
-cluster (a GPU, or an equal share of the CPUs), run every cell that is not complete as one Ray
-task, follow their progress through the tracker actor, and collect each cell's outcome (a
-failed cell is one line here and its full error in errors/<cell>.txt; the others go on)."""
+cluster (`dvae_q.table.placement`), run every cell that is not complete as one Ray task, follow
+their progress through the tracker actor, and collect each cell's outcome (a failed cell is one
+line here and its full error in errors/<cell>.txt; the others go on).
+
+A cell whose worker or node dies is run again by Ray (`Hardware.retries` times), on any node
+with room, and resumes from its run directory's last checkpoint. Errors the cell raises itself
+(a NaN, bad data, a lock held by a live process) are not retried: they would happen again."""
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,6 +19,10 @@ from dvae_q.errors import BadInput, RunFailure
 from dvae_q.progress import Reporter, format_duration
 from dvae_q.table.cell_task import Tracker, run_cell
 from dvae_q.table.cells import Cell, Planned
+from dvae_q.table.placement import Hardware, cell_resources
+
+__all__ = ["Hardware", "Outcome", "cell_resources", "check_address", "connected", "run",
+           "task_options"]
 
 ERRORS = "errors"
 POLL_S = 0.5  # how often the driver looks at the cells' progress
@@ -27,16 +36,6 @@ class Outcome:
     error: str | None = None
     resumed_from: int | None = None
     results: dict | None = None
-
-
-@dataclass
-class Hardware:
-    """Where the cells run: the Ray cluster's size and each cell's share of it."""
-
-    address: str | None = None
-    num_cpus: int | None = None  # local instance: CPUs it may use (default all)
-    num_gpus: int | None = None  # local instance: GPUs (default all); 0: CPU only anywhere
-    cpus_per_cell: int | None = None  # default: an equal share of the CPUs, at least one
 
 
 def _ray():
@@ -88,22 +87,27 @@ def _connect(hw: Hardware) -> bool:
     return True
 
 
-def cell_resources(hw: Hardware, pending: int, cluster: dict, node_cpus: int
-                   ) -> tuple[dict, dict, int]:
-    """(Ray task resources, the cell's hardware config keys, its torch threads) for `pending`
-    cells on a cluster of `cluster` resources whose largest node has `node_cpus` CPUs."""
-    gpus = 0 if hw.num_gpus == 0 else cluster.get("GPU", 0)
-    if gpus >= 1:  # one cell per GPU; Ray shows the task only its own GPU, as cuda:0
-        return {"num_cpus": 1, "num_gpus": 1}, {"device": "cuda"}, 1
-    cpus = int(cluster.get("CPU", 1))
-    # an equal share, so that fewer cells than cores still use every core
-    share = hw.cpus_per_cell or max(1, min(node_cpus, cpus // max(1, min(pending, cpus))))
-    if share > node_cpus:
-        raise BadInput(f"--cpus-per-cell {share}: the largest Ray node has {node_cpus} CPUs")
-    return {"num_cpus": share, "num_gpus": 0}, {}, share
+@contextmanager
+def connected(hw: Hardware):
+    """Ray for the block: joined or started here (and left after it), or this process's."""
+    import ray
+
+    mine = _connect(hw)
+    try:
+        yield ray
+    finally:
+        if mine:
+            ray.shutdown()
 
 
-def _largest_node_cpus(ray) -> int:
+def task_options(hw: Hardware, resources: dict) -> dict:
+    """The cell task's `ray.remote` options besides its resources."""
+    # max_calls=1 on a GPU: the worker exits after its cell and frees the CUDA context
+    return {"max_retries": hw.retries, "retry_exceptions": False,
+            "max_calls": 1 if resources["num_gpus"] else 0}
+
+
+def largest_node_cpus(ray) -> int:
     return max(int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"])
 
 
@@ -119,25 +123,23 @@ def run(planned: Sequence[Planned], hw: Hardware | None = None, *,
                 for p in planned if p.state == "complete"}
     todo = [p for p in planned if p.state != "complete"]
     if todo:
-        import ray
-
-        connected = _connect(hw)
-        try:
+        with connected(hw) as ray:
             outcomes.update(_run_on_ray(ray, todo, hw, len(planned), reporter, on_event))
-        finally:
-            if connected:
-                ray.shutdown()
     return [outcomes[p.cell.name] for p in planned]
 
 
 def _run_on_ray(ray, todo, hw, total, reporter, on_event) -> dict[str, Outcome]:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     resources, hardware, threads = cell_resources(hw, len(todo), ray.cluster_resources(),
-                                                  _largest_node_cpus(ray))
-    tracker = ray.remote(num_cpus=0)(Tracker).remote()
-    task = ray.remote(max_retries=0)(run_cell).options(**resources)
+                                                  largest_node_cpus(ray))
+    # on the driver's node: the cells' progress must outlive any node that runs them
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    tracker = ray.remote(num_cpus=0)(Tracker).options(scheduling_strategy=here).remote()
+    task = ray.remote(**task_options(hw, resources))(run_cell).options(**resources)
     refs = {task.remote({"name": p.cell.name, "run_dir": str(p.run_dir), "config": p.config,
                          "hardware": hardware, "threads": threads}, tracker): p for p in todo}
-    where = f"{resources['num_gpus']} GPU" if resources["num_gpus"] else f"{threads} CPU"
+    where = f"{resources['num_gpus']:g} GPU" if resources["num_gpus"] else f"{threads} CPU"
     resumed = sum(p.state == "resume" for p in todo)
     _say(reporter, f"{total} cells: {total - len(todo)} complete (skipped), {resumed} to "
          f"resume, {len(todo) - resumed} to start; {where} per cell on Ray ({_cluster_line(ray)})")
@@ -196,19 +198,22 @@ def _steps_done(states: dict, remaining: dict) -> dict:
 
 
 def _announce(states: dict, seen: dict, reporter, on_event) -> None:
-    """A line when a cell starts training (where, and from which step); events for callers."""
+    """A line when a cell's attempt starts training (where, and from which step); events for
+    callers."""
     for name, state in states.items():
-        if name not in seen and "initial" in state:
+        attempt = state.get("attempt", 1)
+        if "initial" in state and seen.get(name, (0,))[0] != attempt:
             start = state["initial"]
             how = f"resuming at step {start:,}" if start else "from step 0"
+            again = f", attempt {attempt} (its worker or node died)" if attempt > 1 else ""
             _say(reporter, f"started {name} on {state.get('host')} (pid {state.get('pid')}), "
-                 f"{how} of {state['total']:,}")
+                 f"{how} of {state['total']:,}{again}")
             if on_event:
                 on_event("started", name, dict(state))
-        if "step" in state and seen.get(name) != state["step"] and on_event:
-            on_event("progress", name, dict(state))
-        if "step" in state:
-            seen[name] = state["step"]
+        if "step" in state and seen.get(name) != (attempt, state["step"]):
+            if on_event:
+                on_event("progress", name, dict(state))
+            seen[name] = (attempt, state["step"])
 
 
 def _collect(ray, ref, item: Planned) -> Outcome:
@@ -227,6 +232,8 @@ def _collect(ray, ref, item: Planned) -> Outcome:
 def _one_line_error(ray, exc: BaseException) -> str:
     if isinstance(exc, (ray.exceptions.WorkerCrashedError, ray.exceptions.TaskCancelledError)):
         return "its worker process died (killed, or out of memory); rerun to resume it"
+    if isinstance(exc, ray.exceptions.NodeDiedError):
+        return "its node died, on every attempt Ray made; rerun to resume it"
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
         exc = cause

@@ -12,6 +12,13 @@ no half-made run directory behind, and `--resume` of a directory always finds a 
 checkpoint. A directory that has a config but no checkpoint (made by hand, or by an older
 version) resumes from step 0. While a process trains, it holds an exclusive lock on `.lock`;
 a second process on the same directory is refused at once.
+
+The lock is flock(2) on an open file, so it ends with its holder: the kernel drops it when the
+process dies, however it dies, and there is no stale lock to clear by hand (a lock file that
+names a pid would be one). On a network file system the server holds it for the client host
+and drops it when that host's lease runs out (NFSv4: 90 s by default). `lock(wait_s=...)` waits
+that long for a holder that is going away; the holder's host and pid are written into the file
+so that a refusal can say who holds it.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -35,6 +44,7 @@ CONFIG = "config.yaml"
 METRICS = "metrics.csv"
 RESULTS = "results.json"
 LOCK = ".lock"
+LOCK_POLL_S = 0.2  # how often a waiting lock() tries again
 log = logging.getLogger(__name__)
 
 
@@ -134,16 +144,31 @@ class RunDir:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def lock(self) -> None:
-        """Hold this directory's lock for the life of the process; BadInput if another has it."""
-        try:
-            self._lock_fd = _lock(self.path / LOCK)
-        except BlockingIOError:
-            raise BadInput(f"run directory {self.path} is in use by another process; wait for it "
-                           "to finish or stop it first") from None
-        except OSError as exc:
-            raise _os_error(self.path, exc, "lock") from None
+    def lock(self, wait_s: float = 0.0) -> None:
+        """Hold this directory's lock for the life of the process; BadInput if another still
+        has it after `wait_s` seconds."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self._lock_fd = _lock(self.path / LOCK)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise BadInput(f"run directory {self.path} is in use by another process"
+                                   f"{self.holder()}; wait for it to finish or stop it first"
+                                   ) from None
+                time.sleep(LOCK_POLL_S)
+            except OSError as exc:
+                raise _os_error(self.path, exc, "lock") from None
         checkpoint.remove_orphans(self.path)
+
+    def holder(self) -> str:
+        """' (pid P on host H)' as the lock's holder wrote it, or '' if it cannot be read."""
+        try:
+            host, pid = (self.path / LOCK).read_text().split()
+        except (OSError, ValueError):
+            return ""
+        return f" (pid {pid} on host {host})"
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -168,6 +193,9 @@ def _lock(path: Path) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # only the holder writes, so a reader sees the live holder or, at worst, an old one
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
     except OSError:
         os.close(fd)
         raise

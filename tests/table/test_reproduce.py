@@ -110,6 +110,10 @@ def test_cells_take_an_equal_share_of_cpus_or_one_gpu_each():
     (["--table", "poster", "--variant", "v:seed=3"], "seeds are chosen with --seeds"),
     (["--table", "poster", "--seeds", "0,x"], "--seeds expects integers"),
     (["--table", "poster", "--num-cpus", "0"], "--num-cpus must be >= 1"),
+    (["--table", "poster", "--set", "device=cuda"], "--set device: chosen by --device"),
+    (["--table", "poster", "--device", "cuda", "--cells-per-gpu", "0"], "between 1 and 10000"),
+    (["--table", "poster", "--cells-per-gpu", "2"], "give --device cuda with it"),
+    (["--table", "poster", "--retries", "-1"], "--retries must be >= 0"),
     (["--table", "poster", "--address", "nowhere"], "is not host:port or ray://host:port"),
     (["--table", "poster", "--address", "127.0.0.1:1"], "nothing answers at Ray address"),
 ])
@@ -295,7 +299,9 @@ def _run_killing_the_victim(request) -> int:
             killed.update(state)
 
     log = io.StringIO()
-    outcomes, _ = reproduce(request, reporter=Reporter(log, mode="lines", interval_s=0.0),
+    # no retries: the killed cell stays failed, and the rerun is what resumes it
+    outcomes, _ = reproduce(request, Hardware(retries=0),
+                            reporter=Reporter(log, mode="lines", interval_s=0.0),
                             on_event=kill_victim)
     status = {o.cell.name: o for o in outcomes}
     assert killed, "the victim finished before it could be killed"
