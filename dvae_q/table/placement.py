@@ -88,20 +88,11 @@ def cell_resources(hw: Hardware, pending: int, cluster: dict, node_cpus: int
 
 
 def cell_bytes(cfg) -> int:
-    """A lower estimate of one cell's GPU memory: a CUDA context and the largest tensors of the
-    config as `dvae_q.training.build.check_memory` counts them (the training step's B·K rows,
-    the prior samples, AIS's chains; float32)."""
-    from dvae_q.model import networks
-    from dvae_q.training.build import NUM_PIXELS, num_latent
+    """A lower estimate of one cell's GPU memory: a CUDA context and the largest of the tensors
+    the training's own memory check counts (float32)."""
+    from dvae_q.training.build import largest_tensors
 
-    # the same count as check_memory's, which keeps it inside its check
-    structure = networks.get_structure(cfg.structure)
-    n = num_latent(cfg)
-    hidden = structure.width * structure.hidden_layers * (structure.num_groups + 1)
-    per_row = 2 * (2 * NUM_PIXELS + 6 * n + 3 * hidden)
-    largest = max(cfg.batch_size * cfg.k * per_row, cfg.num_negative_samples * n * 2,
-                  cfg.ais_num_chains * n * 4)
-    return CUDA_CONTEXT_BYTES + FLOAT_BYTES * largest
+    return CUDA_CONTEXT_BYTES + FLOAT_BYTES * max(largest_tensors(cfg).values())
 
 
 def check_fits(cells_per_gpu: int, gpu_bytes: int | None, configs: Iterable) -> None:

@@ -159,6 +159,21 @@ def _available_bytes(device: torch.device) -> int | None:
         return None
 
 
+def largest_tensors(cfg: Config) -> dict[str, int]:
+    """Float32 counts of the config's largest tensors, by what holds them: the training step
+    (B·K rows, each holding the image, the latents and every hidden layer, for forward and
+    backward) and the sampler's and AIS's states. A lower estimate of what a run needs."""
+    structure = networks.get_structure(cfg.structure)
+    n = num_latent(cfg)
+    hidden = structure.width * structure.hidden_layers * (structure.num_groups + 1)
+    per_row = 2 * (2 * NUM_PIXELS + 6 * n + 3 * hidden)
+    return {
+        "the training step (batch_size × k rows)": cfg.batch_size * cfg.k * per_row,
+        "the prior samples (num_negative_samples)": cfg.num_negative_samples * n * 2,
+        "AIS (ais_num_chains)": cfg.ais_num_chains * n * 4,
+    }
+
+
 def check_memory(cfg: Config) -> None:
     """Refuse, before anything is written, a config whose largest tensors cannot fit.
 
@@ -167,19 +182,10 @@ def check_memory(cfg: Config) -> None:
     states; only a config whose lower estimate already exceeds the available memory is refused,
     so no runnable config is turned away.
     """
-    structure = networks.get_structure(cfg.structure)
-    n = num_latent(cfg)
-    hidden = structure.width * structure.hidden_layers * (structure.num_groups + 1)
-    per_row = 2 * (2 * NUM_PIXELS + 6 * n + 3 * hidden)
-    floats = {
-        "the training step (batch_size × k rows)": cfg.batch_size * cfg.k * per_row,
-        "the prior samples (num_negative_samples)": cfg.num_negative_samples * n * 2,
-        "AIS (ais_num_chains)": cfg.ais_num_chains * n * 4,
-    }
     available = _available_bytes(torch.device(cfg.device))
     if available is None:
         return
-    what, count = max(floats.items(), key=lambda item: item[1])
+    what, count = max(largest_tensors(cfg).items(), key=lambda item: item[1])
     if count * 4 > available:
         raise BadInput(f"config needs at least {count * 4 / 2**30:.1f} GiB for {what}, more than "
                        f"the {available / 2**30:.1f} GiB available; lower it")
