@@ -7,12 +7,18 @@ from `samplers.testing:noisy_qpu` and reports their total-variation distance to 
 exact distribution, beside the iid expectation: the mean TV of the same number of exact samples
 (simulated from the exact distribution, `--iid-reps` times). Noise levels: `off` (every magnitude
 0: the thermal mock), `published` (the defaults, docs/noisy_qpu.md) and `5x` (five times each
-published magnitude, drift included). Corrections: `none` and `srt` (spin_reversal_transforms 16).
-β_eff is the device's own at the programmed problem's scale (the freeze-out model's fixed point
-β_eff = beta − freeze_out·σ₁, σ₁ the scale of the unscaled Ising problem), so that what remains is
-the non-thermal part of the distortion, not a temperature error.
+published magnitude, drift included). Corrections: `none`, `srt` (spin_reversal_transforms 16),
+`shim` (flux_bias_shim), `fit` (learn_device_hamiltonian) and `all` (the three together); the
+learning ones first draw `--warmup` draws of `--warmup-samples` samples (their QPU time is
+counted apart: `warmup_access_us`). β_eff is the device's own at the programmed problem's scale
+(the freeze-out model's fixed point β_eff = beta − freeze_out·σ₁, σ₁ the scale of the unscaled
+Ising problem), so that what remains is the non-thermal part of the distortion, not a
+temperature error. Each row also gives the QPU access time of a 1,000-sample training step
+with that correction, by the sampler's own timing model (`estimated_access_time_us`), and the
+client-side seconds of the measured draw.
 
     .venv/bin/python bench/noisy_qpu.py [--samples 20000] [--iid-reps 20] [--out FILE]
+        [--topologies pegasus_p4] [--sizes 8+8] [--noise published] [--corrections none,all]
 
 Prints a table and writes JSON (default bench/results/noisy_qpu.json).
 """
@@ -21,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import results_json  # bench/ is on sys.path when run as a script
@@ -48,7 +56,10 @@ PUBLISHED = {"field_noise": FIELD_NOISE, "coupler_noise": COUPLER_NOISE,
              "beta_spread": BETA_SPREAD, "drift": DRIFT, "freeze_out": FREEZE_OUT}
 NOISE = {"off": {k: 0.0 for k in PUBLISHED}, "published": PUBLISHED,
          "5x": {k: 5 * v for k, v in PUBLISHED.items()}}
-CORRECTIONS = {"none": {}, "srt": {"spin_reversal_transforms": 16}}
+SRT = {"spin_reversal_transforms": 16}
+SHIM = {"flux_bias_shim": True}
+FIT = {"learn_device_hamiltonian": True}
+CORRECTIONS = {"none": {}, "srt": SRT, "shim": SHIM, "fit": FIT, "all": {**SRT, **SHIM, **FIT}}
 
 
 def exact(model) -> np.ndarray:
@@ -78,13 +89,18 @@ def oracle_beta_eff(model, topology: str, freeze_out: float) -> float:
     return BETA - freeze_out * problem_scale(h, row, col, quad)
 
 
-def run_case(topology, size, noise, correction, n, reps) -> dict:
+def run_case(topology, size, noise, correction, n, reps, warmup=0, warmup_samples=0) -> dict:
     model = random_native_model(topologies.load(topology), *size, seed=0)
     magnitudes = NOISE[noise]
     beta_eff = oracle_beta_eff(model, topology, magnitudes["freeze_out"])
     child = noisy_qpu(topology, beta=BETA, seed=1, **magnitudes)
+    options = CORRECTIONS[correction]
     sampler = samplers.get("qpu", topology=topology, beta_eff=beta_eff, seed=0,
-                           child_sampler=child, **CORRECTIONS[correction])
+                           child_sampler=child, **options)
+    learning = "flux_bias_shim" in options or "learn_device_hamiltonian" in options
+    warmup_us = 0.0
+    for _ in range(warmup if learning else 0):
+        warmup_us += sampler.draw(model, warmup_samples).info["estimated_qpu_access_time_us"]
     start = time.perf_counter()
     z, info = sampler.draw(model, n)
     wall = time.perf_counter() - start
@@ -94,7 +110,13 @@ def run_case(topology, size, noise, correction, n, reps) -> dict:
             "magnitudes": magnitudes, "correction": correction, "beta_eff": beta_eff,
             "tv": float(0.5 * np.abs(empirical(z) - p).sum()), "iid_tv_mean": mean,
             "iid_tv_p95": p95, "samples": n, "tiles": info["tiles"],
-            "qpu_calls": info["num_qpu_calls"], "wall_s": wall}
+            "qpu_calls": info["num_qpu_calls"], "wall_s": wall,
+            "warmup_draws": warmup if learning else 0, "warmup_samples": warmup_samples,
+            "warmup_access_us": warmup_us,
+            "step_access_us": sampler.estimated_access_time_us(model, 1000),
+            "magnetisation_error": info.get("flux_bias_magnetisation_error"),
+            "hamiltonian_rms_residual_h": info.get("hamiltonian_rms_residual_h"),
+            "hamiltonian_rms_residual_j": info.get("hamiltonian_rms_residual_j")}
 
 
 def main() -> None:
@@ -102,19 +124,32 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--iid-reps", type=int, default=20)
     parser.add_argument("--out", default="bench/results/noisy_qpu.json")
+    parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
+    parser.add_argument("--sizes", default=",".join(f"{a}+{b}" for a, b in SIZES))
+    parser.add_argument("--noise", default=",".join(NOISE))
+    parser.add_argument("--corrections", default=",".join(CORRECTIONS))
+    parser.add_argument("--warmup", type=int, default=10, help="learning draws before measuring")
+    parser.add_argument("--warmup-samples", type=int, default=20000)
+    parser.add_argument("--append", action="store_true",
+                        help="add the cases to those already in --out")
     args = parser.parse_args()
-    rows = []
-    print("| topology | RBM | noise | correction | copies | calls | TV | iid E[TV] | iid 95 % |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for topology, size, noise, correction in itertools.product(TOPOLOGIES, SIZES, NOISE,
-                                                               CORRECTIONS):
-        row = run_case(topology, size, noise, correction, args.samples, args.iid_reps)
+    sizes = [tuple(int(v) for v in s.split("+")) for s in args.sizes.split(",")]
+    rows = json.loads(Path(args.out).read_text())["cases"] if args.append else []
+    print("| topology | RBM | noise | correction | copies | calls | TV | iid E[TV] | iid 95 % | "
+          "step access (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for topology, size, noise, correction in itertools.product(
+            args.topologies.split(","), sizes, args.noise.split(","),
+            args.corrections.split(",")):
+        row = run_case(topology, size, noise, correction, args.samples, args.iid_reps,
+                       args.warmup, args.warmup_samples)
         rows.append(row)
         print(f"| {topology} | {row['size']} | {noise} | {correction} | {row['tiles']} | "
               f"{row['qpu_calls']} | {row['tv']:.4f} | {row['iid_tv_mean']:.4f} | "
-              f"{row['iid_tv_p95']:.4f} |", flush=True)
-    results_json.save({"machine": platform.platform(), "samples": args.samples,
-                       "iid_reps": args.iid_reps, "beta": BETA, "cases": rows}, args.out)
+              f"{row['iid_tv_p95']:.4f} | {row['step_access_us'] / 1e3:.1f} |", flush=True)
+        # saved after every case, so that a long run that stops keeps what it measured
+        results_json.save({"machine": platform.platform(), "samples": args.samples,
+                           "iid_reps": args.iid_reps, "beta": BETA, "cases": rows}, args.out)
 
 
 if __name__ == "__main__":

@@ -220,7 +220,9 @@ def cmd_calibrate(args) -> int:
                                    num_reads=args.num_reads, seed=args.seed,
                                    child_sampler=args.child_sampler, estimator=args.estimator,
                                    num_bootstrap=args.bootstrap,
-                                   max_iterations=args.max_iterations)
+                                   max_iterations=args.max_iterations, shim=args.shim,
+                                   fit_hamiltonian=args.fit_hamiltonian,
+                                   correction_rounds=args.correction_rounds)
     except (SamplerFailure, TemperatureEstimationError) as exc:
         raise RunFailure(f"calibration failed: {exc}") from None
     print(report)

@@ -116,6 +116,13 @@ def _calibrate_parser(commands) -> None:
                      help="pseudo-likelihood, energy matching, or both with a disagreement check")
     cal.add_argument("--bootstrap", type=int, default=100, help="bootstrap replicates (>= 20)")
     cal.add_argument("--max-iterations", type=int, default=5, help="calibration rounds (>= 1)")
+    cal.add_argument("--shim", action="store_true",
+                     help="also learn the qpu sampler's flux-bias shim and print its residual")
+    cal.add_argument("--fit-hamiltonian", action="store_true",
+                     help="also fit the device's effective h and J, pre-distort, and print the "
+                          "effective-vs-model error before and after")
+    cal.add_argument("--correction-rounds", type=int, default=5,
+                     help="calls after calibration that the corrections learn from (>= 1)")
     cal.add_argument("--quiet", action="store_true", help="no progress output")
     cal.set_defaults(func=commands_.cmd_calibrate)
 

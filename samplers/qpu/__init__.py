@@ -13,10 +13,16 @@ One job per module:
 * `tiling`: disjoint copies of the problem per call;
 * `packing`: several models on the copies of one call (`QPUSampler.draw_tiled`);
 * `gauges`: spin-reversal transforms (`spin_reversal_transforms`), one per copy of every call;
+* `corrections`: the device corrections a sampler learns from its draws: `shim` (the flux-bias
+  shim, `flux_bias_shim`) and `hamiltonian` (the device-Hamiltonian fit,
+  `learn_device_hamiltonian`);
 * `calls`: QPU calls in flight and their retries;
 * `draws`: a draw's calls, and `PendingDraw` (`QPUSampler.submit`);
 * `timing`: the calls' schedule, solver-reported access time, and Ocean's timing model;
-* `sampler`: `QPUSampler` itself.
+* `options`: the backend's declared options and a topology file's `qpu:` defaults;
+* `beta_eff`: β_eff's measurement against the problem programmed, and its recalibration;
+* `tiled`: several models in one call (`QPUSampler.draw_tiled`, `follow`);
+* `sampler`: `QPUSampler` itself: the child, the plans, the draws and the sampler's state.
 
 API tokens never appear in messages, `info`, `state_dict` or `repr`.
 """

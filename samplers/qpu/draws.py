@@ -21,6 +21,7 @@ from samplers.qpu import gauges, timing
 from samplers.qpu import plan as plans
 from samplers.qpu.calls import Call, Flight, Retry
 from samplers.qpu.errors import QPUError
+from samplers.qpu.shim import ShimComposite
 
 
 @dataclass
@@ -37,9 +38,14 @@ class Job:
     calls: list = field(default_factory=list)
     gauge_key: tuple | None = None   # spin-reversal transforms on: what seeds each call's gauge
     min_calls: int = 1           # calls the transforms need (`gauges.min_calls`)
+    field_shim: dict | None = None   # flux-bias shim on: {qubit: offset} added to what is sent
+    read_counts: list = field(default_factory=list)  # reads each answered call returned
+    correction: tuple | None = None  # the Hamiltonian correction added (`hamiltonian`)
 
     def add_call(self, reads: int, flight: Flight, retry: Retry) -> Call:
         sampler, parameters = self.plan.sampler, {**self.parameters, "num_reads": reads}
+        if self.field_shim is not None:
+            sampler = ShimComposite(sampler, self.field_shim)
         if self.gauge_key is not None:
             sampler = gauges.composite(sampler)
             parameters["srts"] = gauges.flips((*self.gauge_key, len(self.calls)),
@@ -98,6 +104,7 @@ def gather(job: Job, flight: Flight, retry: Retry, qubits_available: int):
     plan, wanted = job.plan, job.num_samples
     acc = accounts(plan, qubits_available)
     reads, breaks, programmed, flipped = [], [], None, None
+    job.read_counts = []
     done = 0
     while done < len(job.calls) or acc["num_samples_drawn"] < wanted:
         if done == len(job.calls):
@@ -111,6 +118,7 @@ def gather(job: Job, flight: Flight, retry: Retry, qubits_available: int):
                            "(chain_break_method 'discard' dropped them all?)")
         reads.append(spins)
         breaks.append(read_breaks)
+        job.read_counts.append(len(spins))
         if "programmed_bqm" in answer.info:
             programmed, flipped = answer.info["programmed_bqm"], call.parameters.get("srts")
         account(acc, answer.info, call.retries, call.parameters["num_reads"], len(spins))
@@ -121,6 +129,16 @@ def gather(job: Job, flight: Flight, retry: Retry, qubits_available: int):
         programmed = gauges.undo(programmed, job.bqm.variables, flipped)
     acc["qpu_access_time_us"] = acc["timing"].get("qpu_access_time")
     return np.concatenate(reads), breaks, programmed, acc
+
+
+def read_signs(job: Job, num_reads: int) -> np.ndarray | None:
+    """(num_reads, variables) the gauge of the call each of the job's first reads came from
+    (+1 where a variable was not flipped); None without transforms."""
+    if job.gauge_key is None:
+        return None
+    signs = [np.repeat(np.where(call.parameters["srts"], -1, 1), count, axis=0)
+             for call, count in zip(job.calls, job.read_counts)]
+    return np.concatenate(signs)[:num_reads]
 
 
 def collect(job: Job, flight: Flight, retry: Retry, qubits_available: int) -> Collected:

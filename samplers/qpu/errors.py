@@ -15,3 +15,11 @@ class QPURangeError(QPUError):
 
 class QPUConfigError(SamplerOptionError):
     """Missing token, unknown solver, or a solver/model that does not fit the topology."""
+
+
+class FluxBiasShimError(QPUError):
+    """The flux-bias shim diverged (an offset non-finite or beyond `flux_bias_limit`)."""
+
+
+class HamiltonianFitError(QPUError):
+    """The device-Hamiltonian fit is ill-conditioned (too few samples for its parameters)."""

@@ -8,118 +8,36 @@ programs `tiles` disjoint copies of the model (`tiling`) and returns raw reads
 (`answer_mode='raw'`), one sample per copy per read; more samples than one call gives take
 several calls, scheduled by `timing`, submitted together and retried by `calls`, collected by
 `draws`. `draw_tiled` shares the copies of one call out between several models (`packing`).
-This module holds the options, the child and the sampler's state: the call counter, the problem
-last programmed, β_eff and its history, and the generator, changed only when a draw completes,
-in submission order. A permanent failure raises `QPUError` and leaves that state as before the
-draw.
+This module holds the child and the sampler's state: the call counter, the problem last
+programmed, β_eff and its history, and the generator, changed only when a draw completes, in
+submission order; the options are declared in `options`, β_eff's measurement and schedule are
+`beta_eff`'s, the draws of several models `tiled`'s. A permanent failure raises `QPUError` and
+leaves that state as before the draw.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections import deque
 
 import numpy as np
 import torch
 
 import topologies
-from samplers.base import (
-    MEAN_ENERGY_SAMPLES,
-    SEED,
-    Option,
-    Sampler,
-    SampleResult,
-    SamplerOptionError,
-    TemperatureScaled,
-    check_options,
-    check_request,
-    non_negative,
-    positive,
-)
+from samplers.base import Sampler, SamplerOptionError, TemperatureScaled, check_request
 from samplers.model import BipartiteModel
-from samplers.qpu import client, draws, gauges, packing, timing
+from samplers.qpu import client, draws, gauges, timing
 from samplers.qpu import plan as plans
+from samplers.qpu.beta_eff import BetaEffTracking
 from samplers.qpu.calls import Flight, Retry
-from samplers.qpu.range_guard import POLICIES, RangeGuardComposite
+from samplers.qpu.corrections import Corrections
+from samplers.qpu.options import PARAMETERS, QPU_PARAMETERS, chain_break, topology_defaults
+from samplers.qpu.range_guard import RangeGuardComposite
+from samplers.qpu.tiled import TiledDraws
 
-# Client settings a config may hold; whatever decides where the token is sent (endpoint,
-# config file, proxy, headers) comes from the user's environment or dwave config file only.
-CLIENT_KEYS = ("profile", "region", "request_timeout", "polling_timeout")
-# Solver parameters this backend sets itself; anything else goes through `solver_parameters`.
-QPU_PARAMETERS = ("annealing_time", "programming_thermalization", "readout_thermalization")
-# Options a topology file's `qpu:` block may default (facts about a chip and its solver); code
-# paths and client settings are left out, so a shared topology file never names code to import.
-TOPOLOGY_DEFAULTS = ("solver", "num_reads", *QPU_PARAMETERS, "chain_strength",
-                     "chain_break_method", "beta_eff")
-CHAIN_BREAK_METHODS = ("majority_vote", "discard", "weighted_random")
+__all__ = ["QPUSampler", "topology_defaults"]
 
 
-def topology_defaults(topology: topologies.Topology) -> dict:
-    """The topology file's `qpu:` block, validated with this sampler's own option rules."""
-    block = dict(topology.qpu)
-    where = f"topology '{topology.name}' ({topology.source or 'in memory'})"
-    unknown = sorted(set(block) - set(TOPOLOGY_DEFAULTS))
-    if unknown:
-        raise SamplerOptionError(
-            f"{where}: unknown qpu key '{unknown[0]}'; accepted: {', '.join(TOPOLOGY_DEFAULTS)}"
-        )
-    try:
-        return check_options("qpu", block)
-    except SamplerOptionError as exc:
-        raise SamplerOptionError(f"{where}: qpu block: {exc}") from None
-
-
-PARAMETERS = {
-    "topology": Option(None, (str, topologies.Topology), None,
-                       "topology name or YAML path (native or embedded)", nullable=True,
-                       run_key="topology"),
-    "child_sampler": Option(None, (str, object), None,
-                            "structured dimod sampler, or 'module:callable' factory; "
-                            "null: DWaveSampler", nullable=True),
-    "child_kwargs": Option({}, (dict,), None, "keyword arguments of the child factory"),
-    "solver": Option(None, (str, dict), None, "solver name or feature filter", nullable=True),
-    "client_config": Option({}, (dict,), lambda v: set(v) <= {*CLIENT_KEYS, "token"},
-                            "dwave.cloud options: " + ", ".join(CLIENT_KEYS) + "; the endpoint, "
-                            "config file, proxy and headers come from the environment or your "
-                            "dwave config file, so a shared config cannot redirect your token"),
-    "beta_eff": Option(None, (int, float), positive, "initial β_eff > 0", nullable=True),
-    "num_reads": Option(None, (int,), lambda v: 1 <= v <= timing.MAX_READS,
-                        "reads per call, 1..10000", nullable=True),
-    "annealing_time": Option(None, (int, float), positive, "µs > 0", nullable=True),
-    "programming_thermalization": Option(None, (int, float), non_negative, "µs >= 0",
-                                         nullable=True),
-    "readout_thermalization": Option(None, (int, float), non_negative, "µs >= 0", nullable=True),
-    "solver_parameters": Option({}, (dict,), None, "extra solver parameters per call"),
-    "chain_strength": Option(None, (int, float), positive, "> 0; null: torque compensation",
-                             nullable=True),
-    "chain_break_method": Option(None, (str,), lambda v: v in CHAIN_BREAK_METHODS,
-                                 "majority_vote, discard or weighted_random", nullable=True),
-    "tiles": Option("auto", (str, int), lambda v: v == "auto" if isinstance(v, str) else v >= 1,
-                    "'auto' (as many copies per call as fit) or a count >= 1"),
-    "range_policy": Option("error", (str,), lambda v: v in POLICIES, "error or clip"),
-    "recalibrate_every": Option(0, (int,), non_negative, "re-measure β_eff every N calls; 0: never"),
-    "calibration_bootstrap": Option(50, (int,), non_negative, "bootstrap replicates"),
-    "spin_reversal_transforms": Option(
-        0, (int,), non_negative,
-        "gauges per draw, >= 0 (0: off): every copy of every call gets its own random "
-        "spin-reversal transform, so C calls of T copies average C·T at no cost; a draw with "
-        "fewer than N copies in all takes ⌈N/T⌉ calls, each one more programming"),
-    "max_in_flight": Option(4, (int,), positive, "QPU calls in flight at once, >= 1"),
-    "max_retries": Option(3, (int,), non_negative, "retries of transient errors"),
-    "retry_backoff_s": Option(1.0, (int, float), non_negative,
-                              "first retry delay (s), doubled each retry"),
-    "seed": SEED,
-}
-
-
-def _chain_break(name: str):
-    from dwave.embedding import chain_breaks
-
-    return getattr(chain_breaks, name)
-
-
-class QPUSampler(Sampler, TemperatureScaled):
+class QPUSampler(TiledDraws, BetaEffTracking, Sampler, TemperatureScaled):
     """Samples p(z) ∝ exp(−β·E(z)) on a QPU by programming β·E/β_eff (see `plan`).
 
     β_eff starts at the `beta_eff` option (default: the topology file's `qpu.beta_eff`) and is
@@ -155,6 +73,7 @@ class QPUSampler(Sampler, TemperatureScaled):
         self.calls = 0
         self.beta_eff_history: list[float] = [self.beta_eff]
         self._last: tuple | None = None
+        self._corrections = Corrections(self.topology, self.options)
 
     def _load_topology(self) -> topologies.Topology:
         if "token" in self.options["client_config"]:
@@ -261,7 +180,7 @@ class QPUSampler(Sampler, TemperatureScaled):
     def _embedding_kwargs(self, plan: plans.Plan) -> dict:
         if not plan.embedded:
             return {}
-        extra = {"chain_break_method": _chain_break(self.chain_break_method),
+        extra = {"chain_break_method": chain_break(self.chain_break_method),
                  "chain_break_fraction": True}
         if self.chain_strength is not None:
             extra["chain_strength"] = float(self.chain_strength)
@@ -320,10 +239,11 @@ class QPUSampler(Sampler, TemperatureScaled):
         h, quad = plans.ising(model, plan, self.beta_eff, self.topology.name)
         parameters = {**self._solver_kwargs(1), **self._embedding_kwargs(plan)}
         parameters.pop("num_reads")
-        job = draws.Job(model=model, num_samples=num_samples, plan=plan,
-                        bqm=plans.to_bqm(plan, h, quad, model.num_left), beta_eff=self.beta_eff,
-                        parameters=parameters, num_reads=self.num_reads,
-                        **self._gauges(plan.tiles, part=0))
+        bqm, corrected = self._corrections.prepare(plans.to_bqm(plan, h, quad, model.num_left),
+                                                   self._guard)
+        job = draws.Job(model=model, num_samples=num_samples, plan=plan, bqm=bqm,
+                        beta_eff=self.beta_eff, parameters=parameters, num_reads=self.num_reads,
+                        **self._gauges(plan.tiles, part=0), **corrected)
         return draws.start(job, self._flight, self._retry)
 
     def _gauges(self, tiles: int, part: int) -> dict:
@@ -351,178 +271,30 @@ class QPUSampler(Sampler, TemperatureScaled):
 
     def _snapshot(self) -> tuple:
         return (self._rng.bit_generator.state, self.calls, self._last, self.beta_eff,
-                list(self.beta_eff_history))
+                list(self.beta_eff_history), self._corrections.snapshot())
 
     def _restore(self, state: tuple) -> None:
         (self._rng.bit_generator.state, self.calls, self._last, self.beta_eff,
-         self.beta_eff_history) = state
+         self.beta_eff_history, corrections) = state
+        self._corrections.restore(corrections)
 
     def _complete(self, job: draws.Job):
         got = draws.collect(job, self._flight, self._retry, len(self._guard.nodelist))
         plan = job.plan
         # the problem as actually programmed, with the reads that gave the samples: qubit
         # level in native mode (clipping included); logical level (before chains) when embedded
-        self._last = (job.bqm if plan.embedded else got.programmed, got.reads, plan.labels)
+        intended = self._corrections.intended(job, got.programmed)
+        self._last = (job.bqm if plan.embedded else intended, got.reads, plan.labels)
         self.calls += 1
         reads = [call.parameters["num_reads"] for call in job.calls]
         info = {"beta_eff": job.beta_eff, "chain_break_fraction": got.chain_break_fraction,
                 **got.info, "estimated_qpu_access_time_us": self._calls_estimate_us(plan, reads),
-                "recalibrated": False}
+                "recalibrated": False, **self._corrections.observe(job, got.reads, got.programmed)}
         self._maybe_recalibrate(info)
         z = (got.samples > 0).astype(np.float64 if job.model.dtype == torch.float64 else np.float32)
         return torch.from_numpy(z).to(job.model.dtype), info  # z = (s + 1) / 2
 
-    # ---- several models in one call ----------------------------------------------------------
-    def draw_tiled(self, models, num_samples, *, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None,
-                   recalibrate: bool | None = None) -> list[SampleResult]:
-        """Samples of several models from shared QPU calls, each model on disjoint copies of
-        its own (`samplers.qpu.packing` says how copies are dealt, reads scheduled and access
-        time shared); one `SampleResult` per model, in order, its info holding that model's
-        copies, qubits and share of the calls' access time. `num_samples`: one count for all
-        models or one per model.
-
-        Models (`BipartiteModel`s, each with its own parameters and β) fit the topology as for
-        `draw`; native models of different sizes share a call when their copies fit together,
-        and go into further calls when they do not (embedded models of different sizes always
-        do). Every model is scaled by this sampler's β_eff, and range-checked on its own
-        (native mode; an error names the model).
-
-        It is one draw of this sampler: counted once in `calls`, recorded as the last problem
-        programmed (so `measure_beta_eff` uses all its copies), and β_eff is re-measured on this
-        sampler's schedule, or as `recalibrate` says. Draws submitted earlier complete first;
-        a failure leaves the sampler's state as it was."""
-        models = list(models)
-        counts = packing.sample_counts(models, num_samples)
-        for model, n in zip(models, counts):
-            check_request(model, n, device, dtype)
-        self._drain()
-        start = time.perf_counter()
-        state, jobs = self._snapshot(), []
-        try:
-            done = self._tiled(models, counts, jobs, recalibrate)
-        except BaseException:
-            self._restore(state)
-            self._flight.drop([call for job in jobs for call in job.calls])
-            raise
-        elapsed = time.perf_counter() - start
-        return [_result(model, spins, info, elapsed, device, dtype)
-                for model, (spins, info) in zip(models, done)]
-
-    def follow(self, host: "QPUSampler") -> None:
-        """Count `host`'s last `draw_tiled`, which carried a model of this sampler's, as this
-        sampler's own call: its problem and reads become the last programmed (what
-        `measure_beta_eff` measures) and β_eff becomes the host's. For samplers of one solver
-        whose requests went into one call (the sampling service's sessions)."""
-        self.calls += 1
-        self._last = host._last
-        if self.beta_eff != host.beta_eff:
-            self.set_beta_eff(host.beta_eff)
-
-    def _tiled(self, models, counts, jobs: list, recalibrate) -> list[tuple]:
-        """(spins, info) per model; submits every call first (into `jobs`), then collects."""
-        self._ensure_child()
-        plan_of = {(m.num_left, m.num_right): self._plan(m) for m in models}
-        native = self.topology.mode == "native"
-        cap = None if self.options["tiles"] == "auto" else self.options["tiles"]
-        packs = packing.layout([(m.num_left, m.num_right) for m in models], counts, plan_of,
-                               self._placements, cap, one_size_only=not native)
-        values = packing.fields(models, plan_of, self.beta_eff, self.topology.name,
-                                self._guard, check=native)
-        for part, pack in enumerate(packs):
-            jobs.append(self._start_pack(pack, values, models[pack.binding],
-                                         counts[pack.binding], part))
-        out = [None] * len(models)
-        for pack, job in zip(packs, jobs):
-            self._collect_pack(pack, job, values, counts, out)
-        self.calls += 1
-        extra = {"recalibrated": False}
-        self._maybe_recalibrate(extra, recalibrate)
-        for _, info in out:
-            info.update(extra)
-        return out
-
-    def _placements(self, shape: tuple, mixed: bool) -> list[tuple]:
-        """(labels, qubits) of the copies a model of `shape` may take: the size's own tiles,
-        or, beside models of other sizes, every placement whole on the solver."""
-        plan = self._plans[shape]
-        if not mixed:
-            return packing.plan_copies(plan)
-        if shape not in self._candidates:
-            self._candidates[shape] = packing.native_candidates(
-                self.topology, plan, plans.working_graph(self._guard))
-        return self._candidates[shape]
-
-    def _start_pack(self, pack: packing.Pack, values: list, model, num_samples: int,
-                    part: int):
-        parameters = {**self._solver_kwargs(1), **self._embedding_kwargs(pack)}
-        parameters.pop("num_reads")
-        job = draws.Job(model=model, num_samples=num_samples, plan=pack,
-                        bqm=packing.problem(pack, values), beta_eff=self.beta_eff,
-                        parameters=parameters, num_reads=self.num_reads,
-                        **self._gauges(pack.tiles, part))
-        return draws.start(job, self._flight, self._retry)
-
-    def _collect_pack(self, pack: packing.Pack, job: draws.Job, values: list, counts: list,
-                      out: list) -> None:
-        reads, breaks, programmed, acc = draws.gather(job, self._flight, self._retry,
-                                                      len(self._guard.nodelist))
-        used = reads[:-(-job.num_samples // pack.tiles)]  # the reads the binding model needed
-        self._last = (job.bqm if pack.embedded else programmed, used, pack.labels)
-        estimate = self._calls_estimate_us(pack, [c.parameters["num_reads"] for c in job.calls])
-        read_breaks = np.concatenate(breaks) if pack.embedded else None
-        wanted = {s: counts[s] for s in pack.models}
-        for s, (spins, sample_breaks) in packing.split(pack, reads, read_breaks, wanted).items():
-            clipped = acc["clipped_fraction"] if pack.embedded else values[s][2]
-            info = packing.model_info(pack, s, acc, len(reads), estimate, clipped, sample_breaks)
-            out[s] = (spins, {"beta_eff": job.beta_eff, **info})
-
-    @property
-    def recalibration_due(self) -> bool:
-        """Whether this sampler's next draw re-measures β_eff (every `recalibrate_every` calls)."""
-        every = self.options["recalibrate_every"]
-        return bool(every) and (self.calls + 1) % every == 0
-
-    def _maybe_recalibrate(self, info: dict, due: bool | None = None) -> None:
-        """Re-measure β_eff after a call if `due` (None: on this sampler's schedule)."""
-        from samplers.temperature import TemperatureEstimationError
-
-        every = self.options["recalibrate_every"]
-        if due is None:
-            due = bool(every) and self.calls % every == 0  # the call is counted already
-        if not due:
-            return
-        try:
-            est = self.measure_beta_eff()
-        except TemperatureEstimationError as exc:
-            # a prior with (near) zero fields, as at the start of training, carries no
-            # temperature information: keep β_eff and say so in the call's info
-            info["recalibration_skipped"] = str(exc)
-        else:
-            self.set_beta_eff(est.beta)
-            info.update(recalibrated=True, beta_eff_measured=est.beta, beta_eff_stderr=est.stderr)
-
-    # ---- temperature -------------------------------------------------------------------------
-    def measure_beta_eff(self, num_bootstrap: int | None = None, seed: int | None = None):
-        """β̂ (a `BetaEstimate`) of the last call's samples against the problem it programmed."""
-        from samplers.temperature import estimate_beta
-
-        if self._last is None:
-            raise RuntimeError("measure_beta_eff needs a previous sample() call")
-        bqm, spins, labels = self._last
-        if seed is None:
-            seed = int(self._rng.integers(2**31 - 1))
-        boot = self.options["calibration_bootstrap"] if num_bootstrap is None else num_bootstrap
-        return estimate_beta(bqm, (spins, labels), num_bootstrap=boot, seed=seed,
-                             beta_guess=self.beta_eff)
-
-    def set_beta_eff(self, beta_eff: float) -> None:
-        """Use `beta_eff` for the scaling from the next call on (recorded in the history)."""
-        if not (isinstance(beta_eff, (int, float)) and math.isfinite(beta_eff) and beta_eff > 0):
-            raise ValueError(f"beta_eff must be a finite number > 0, got {beta_eff!r}")
-        self.beta_eff = float(beta_eff)
-        self.beta_eff_history.append(self.beta_eff)
-
+    # ---- access time -------------------------------------------------------------------------
     def _access_estimate(self):
         """Ocean's per-call estimate (num_qubits, num_reads=..., **parameters) -> µs: the solver's
         own timing model if it has one, else the Advantage4.1 model for the topology."""
@@ -560,11 +332,12 @@ class QPUSampler(Sampler, TemperatureScaled):
     def state_dict(self) -> dict:
         return {"beta_eff": self.beta_eff, "beta_eff_history": list(self.beta_eff_history),
                 "calls": self.calls, "rng": self._rng.bit_generator.state,
-                "gauge_seed": self._gauge_seed}
+                "gauge_seed": self._gauge_seed, **self._corrections.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
+        self._corrections.load_state_dict(state)  # first: it refuses a state it cannot use
         self.beta_eff = float(state["beta_eff"])
         self.beta_eff_history = [float(b) for b in state["beta_eff_history"]]
         self.calls = int(state["calls"])
@@ -573,16 +346,3 @@ class QPUSampler(Sampler, TemperatureScaled):
         self._gauge_seed = int(state.get("gauge_seed", self._gauge_seed))
 
 
-def _result(model: BipartiteModel, spins: np.ndarray, info: dict, elapsed: float, device,
-            dtype) -> SampleResult:
-    """What `draw` would return for these spins: samples z = (s + 1) / 2 on the requested
-    device and dtype, and the protocol's info keys."""
-    z = torch.from_numpy((spins > 0).astype(
-        np.float64 if model.dtype == torch.float64 else np.float32)).to(model.dtype)
-    z = z.to(device=torch.device(device) if device is not None else model.device,
-             dtype=dtype or model.dtype)
-    head = z[:MEAN_ENERGY_SAMPLES].to(model.device, model.dtype)
-    with torch.no_grad():
-        info["mean_energy"] = float(model.energy(head).mean())
-    info.update(time_s=elapsed, beta=float(model.beta), num_samples=len(z))
-    return SampleResult(z, info)

@@ -140,7 +140,7 @@ def test_calibrate_cli_report_on_thermal_mock():
 
 
 def test_linearised_bootstrap_matches_fully_resolved_replicates():
-    from samplers.temperature import _solve, bootstrap_weights
+    from samplers.pseudo_likelihood import _solve, bootstrap_weights
 
     model = _small_model(seed=9, n_l=6, n_r=6, beta=1.2)
     z = _exact_samples(model, 1500, seed=3)
