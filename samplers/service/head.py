@@ -40,6 +40,7 @@ from samplers.service import NAMESPACE
 from samplers.service.errors import BadRequest, ServiceUnavailable, UnknownService, one_line
 
 START_TIMEOUT_S = 120.0
+HEAD_START_WAIT_S = 60
 HEAD_PORT = 6379  # Ray's default GCS port, which `ray start --address` on other nodes expects
 PROBE_TIMEOUT_S = 5.0
 CONNECT_BUDGET_S = 30.0
@@ -120,7 +121,8 @@ def start_local_head() -> None:
            "--disable-usage-stats", f"--port={HEAD_PORT}"]
     env = dict(os.environ)
     if env.get(GCS_WAIT_ENV) == str(GCS_WAIT_S):
-        del env[GCS_WAIT_ENV]
+        # a head's GCS on a loaded machine can take longer than Ray's default 20 s to answer
+        env[GCS_WAIT_ENV] = str(HEAD_START_WAIT_S)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=START_TIMEOUT_S,
                               cwd="/", env=env)
@@ -128,7 +130,24 @@ def start_local_head() -> None:
         raise ServiceUnavailable(f"could not start a local Ray instance ({one_line(exc)})") from None
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ServiceUnavailable(f"`ray start --head` failed: {tail[0]}")
+        raise ServiceUnavailable(f"`ray start --head` failed: {tail[0]}{_gcs_log_tail(tail[0])}")
+
+
+def _gcs_log_tail(message: str) -> str:
+    """The last line of the GCS log Ray's message names, so that the one line says why."""
+    import re
+
+    named = re.search(r"(/\S+gcs_server\.(?:out|err))", message)
+    if not named:
+        return ""
+    for name in (named.group(1), named.group(1).replace(".out", ".err")):
+        try:
+            lines = [line for line in Path(name).read_text().splitlines() if line.strip()]
+        except OSError:
+            continue
+        if lines:
+            return f" (GCS log: {lines[-1].strip()[:300]})"
+    return ""
 
 
 def probe(address: str) -> None:

@@ -17,15 +17,14 @@ chains against a run of the same seed with the local `gibbs` sampler (packing of
 import contextlib
 import io
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from clusters import private_cluster
 from runs import assert_same_run
 
 from dvae_q.cli.main import main
@@ -34,16 +33,15 @@ from dvae_q.training import checkpoint, metrics
 ray = pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[2]
-# its own in-process cluster (private RAY_TMPDIR, random ports): it may run beside the
-# "ray_service" group on the other xdist worker, but never beside another in-process Ray
-pytestmark = [pytest.mark.xdist_group("ray_cluster"), pytest.mark.slow]
+# one Ray-heavy group at a time: a multi-node cluster beside the other Ray tests on 2 cores
+# slowed heads' start-up past Ray's own waits
+pytestmark = [pytest.mark.xdist_group("ray_service"), pytest.mark.slow]
 GIBBS = ["--set", "sampler_options.gibbs.num_chains=64", "--set", "sampler_options.gibbs.sweeps=5"]
 STEPS = 30
 # every 4th step: a restart then rebuilds a session up to 3 draws older than the trainer, which
 # only the client's replay of those draws makes exact
 CHECKPOINT_EVERY = 4
 WAIT_S = 240  # the longest any one wait in these tests may take (a bounded poll)
-AUTH_ENV = ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
 
 
 def _train_args(run: Path, seed: int, *extra: str) -> list[str]:
@@ -133,42 +131,16 @@ class Nodes:
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    """A multi-node cluster for this module, with token authentication and its own RAY_TMPDIR
-    (Ray's record of "the cluster on this machine" stays this test's); torn down afterwards."""
-    from ray import cloudpickle
-    from ray._raylet import AuthenticationTokenLoader, Config
-    from ray.cluster_utils import Cluster
+    """A multi-node cluster for this module (see tests/clusters.py), with trainer nodes b and c;
+    torn down afterwards."""
+    from samplers.service import NAMESPACE
 
-    from samplers.service import NAMESPACE, head
-
-    saved = {key: os.environ.get(key) for key in AUTH_ENV}
-    tmp = tempfile.mkdtemp(prefix="dqm", dir="/tmp")  # Ray's socket paths must stay short
-    os.environ.pop("RAY_ADDRESS", None)
-    os.environ["RAY_TMPDIR"] = tmp
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(tmp_path_factory.mktemp("token") / "auth_token")
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
-    cluster = None
-    try:
-        head.require_token_auth(create=True)
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-        ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False,
-                 logging_level="ERROR")
+    with private_cluster(sys.modules[__name__], tmp_path_factory.mktemp("token"), NAMESPACE,
+                         "dqm") as cluster:
         found = Nodes(cluster)
         for name in ("b", "c"):
             found.add(name, cpus=8, **{f"node_{name}": 8})
         yield found
-    finally:
-        ray.shutdown()
-        if cluster is not None:
-            cluster.shutdown()
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture

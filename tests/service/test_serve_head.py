@@ -91,8 +91,26 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _port_free(port: int = 6379) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except OSError:
+        return True
+
+
 @pytest.fixture
 def head(tmp_path):
+    """A head of this test's own; the port a new head takes must be free first (a head killed
+    by the previous test may take a moment to let go of it)."""
+    deadline = time.monotonic() + 60
+    while not _port_free() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    holders = subprocess.run(["ss", "-ltnpH", "sport = :6379"], capture_output=True,
+                             text=True).stdout
+    assert _port_free(), f"port 6379 is held by: {holders}"
     h = Head(tmp_path)
     try:
         yield h

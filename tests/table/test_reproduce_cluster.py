@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clusters import private_cluster
 
 from dvae_q.cli.main import main
 from dvae_q.progress import Reporter
@@ -54,7 +55,6 @@ SMALL = ["checkpoint_every=10", "log_every=1", "eval_every=1000000", "eval_limit
          "eval_iw_samples=4", "final_iw_samples=4", "tensorboard=false", "ais_num_temps=10"]
 VICTIM = f"{BMNIST}-{STRUCTURE}-dvaepp_power-k2-seed0"
 WAIT_S = 240  # the longest any one wait may take (a bounded poll)
-AUTH_ENV = ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "DVAEQ_CACHE_DIR")
 
 
 def _cell_flags(out: Path) -> list[str]:
@@ -77,44 +77,16 @@ class Nodes:
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    """The cluster for this module, with token authentication, its own RAY_TMPDIR and a test
-    cache folder (the raylets' workers inherit the environment); torn down afterwards."""
-    from ray import cloudpickle
-    from ray._raylet import AuthenticationTokenLoader, Config
-    from ray.cluster_utils import Cluster
-
-    from samplers.service import head
-
-    saved = {key: os.environ.get(key) for key in AUTH_ENV}
-    tmp = tempfile.mkdtemp(prefix="dqr", dir="/tmp")  # Ray's socket paths must stay short
-    os.environ.pop("RAY_ADDRESS", None)
-    os.environ["RAY_TMPDIR"] = tmp
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(tmp_path_factory.mktemp("token") / "auth_token")
-    os.environ["DVAEQ_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
-    cluster = None
-    try:
-        head.require_token_auth(create=True)
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-        ray.init(address=cluster.address, namespace="dvae-q-reproduce", log_to_driver=False,
-                 logging_level="ERROR")
+    """The cluster for this module (see tests/clusters.py), with a test cache folder the
+    raylets' workers inherit, and three 1-CPU nodes; torn down afterwards."""
+    with private_cluster(sys.modules[__name__], tmp_path_factory.mktemp("token"),
+                         "dvae-q-reproduce", "dqr",
+                         DVAEQ_CACHE_DIR=str(tmp_path_factory.mktemp("cache"))) as cluster:
         found = Nodes(cluster)
         for name in ("b", "c", "d"):
             found.add(name, num_cpus=1)
         cluster.wait_for_nodes()
         yield found
-    finally:
-        ray.shutdown()
-        if cluster is not None:
-            cluster.shutdown()
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _single_node_run(out: Path) -> subprocess.Popen:
