@@ -41,7 +41,9 @@ from samplers.service.errors import BadRequest, ServiceUnavailable, UnknownServi
 
 START_TIMEOUT_S = 120.0
 HEAD_START_WAIT_S = 60
-HEAD_PORT = 6379  # Ray's default GCS port, which `ray start --address` on other nodes expects
+# Ray's default GCS port, which `ray start --address` on other nodes expects; DVAEQ_RAY_PORT
+# picks another, e.g. for a second user's head on the same machine
+PORT_ENV, DEFAULT_PORT = "DVAEQ_RAY_PORT", 6379
 PROBE_TIMEOUT_S = 5.0
 CONNECT_BUDGET_S = 30.0
 MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
@@ -107,18 +109,26 @@ def _ray_binary() -> str:
     return str(beside) if beside.is_file() else (shutil.which("ray") or "ray")
 
 
+def head_port() -> int:
+    text = os.environ.get(PORT_ENV) or str(DEFAULT_PORT)
+    if not text.isdigit() or not 1024 <= int(text) <= 65535:
+        raise BadRequest(f"{PORT_ENV}={text}: a port number from 1024 to 65535")
+    return int(text)
+
+
 def start_local_head() -> None:
     """A local Ray head that outlives this process (a detached actor needs it to)."""
+    port = head_port()
     try:  # Ray's own failure here is a GCS timeout that names a log file, not the port
-        socket.create_connection(("127.0.0.1", HEAD_PORT), timeout=PROBE_TIMEOUT_S).close()
+        socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT_S).close()
     except OSError:
         pass
     else:
-        raise ServiceUnavailable(f"port {HEAD_PORT}, where a new Ray head listens, is taken by "
+        raise ServiceUnavailable(f"port {port}, where a new Ray head listens, is taken by "
                                  "another program (a Ray instance this process does not know "
-                                 "of?); join it with --address, or stop it")
+                                 f"of?); join it with --address, stop it, or set {PORT_ENV}")
     cmd = [_ray_binary(), "start", "--head", "--include-dashboard=false",
-           "--disable-usage-stats", f"--port={HEAD_PORT}"]
+           "--disable-usage-stats", f"--port={port}"]
     env = dict(os.environ)
     if env.get(GCS_WAIT_ENV) == str(GCS_WAIT_S):
         # a head's GCS on a loaded machine can take longer than Ray's default 20 s to answer

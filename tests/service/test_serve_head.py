@@ -40,12 +40,13 @@ class Head:
         self.home = root / "home"
         self.tmp = Path(tempfile.mkdtemp(prefix="dq", dir="/tmp"))  # Ray's socket paths are short
         self.home.mkdir()
+        self.port = _free_port()  # a head of its own, whatever else runs on this machine
 
     def env(self, **extra) -> dict:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
         env.update({"HOME": str(self.home), "RAY_TMPDIR": str(self.tmp), "OMP_NUM_THREADS": "1",
-                    **extra})
+                    "DVAEQ_RAY_PORT": str(self.port), **extra})
         return env
 
     def pids(self) -> list[int]:
@@ -91,26 +92,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _port_free(port: int = 6379) -> bool:
+def _free_port() -> int:
     import socket
 
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return False
-    except OSError:
-        return True
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture
 def head(tmp_path):
-    """A head of this test's own; the port a new head takes must be free first (a head killed
-    by the previous test may take a moment to let go of it)."""
-    deadline = time.monotonic() + 60
-    while not _port_free() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    holders = subprocess.run(["ss", "-ltnpH", "sport = :6379"], capture_output=True,
-                             text=True).stdout
-    assert _port_free(), f"port 6379 is held by: {holders}"
     h = Head(tmp_path)
     try:
         yield h
@@ -207,12 +198,12 @@ def test_serve_starts_a_locked_head_that_outlives_its_folder(head, tmp_path):
 
     # what listens: loopback, or Ray's servers, which refuse a client without the token
     sockets = listening(head.pids())
-    assert any(port == 6379 for _, port, _ in sockets)
+    assert any(port == head.port for _, port, _ in sockets)
     outside = {(port, pid): refuses_strangers(address, port) for address, port, pid in sockets
                if not address.startswith("127.") and address != "::1"}
     assert outside and set(outside.values()) <= {"grpc", "http"}, outside
 
-    address = "127.0.0.1:6379"
+    address = f"127.0.0.1:{head.port}"
     nobody = dvaeq(head, stranger, "service", "list", "--address", address,
                    HOME=str(stranger))
     one_line(nobody, 2, "needs a token and this process has none")
@@ -278,8 +269,8 @@ def test_workers_that_cannot_start_are_one_line_naming_their_log(head, tmp_path)
     (head.home / ".ray" / "auth_token").write_text("ab" * 32)
     ray_bin = Path(sys.executable).with_name("ray")
     started = subprocess.run([str(ray_bin), "start", "--head", "--include-dashboard=false",
-                              "--disable-usage-stats"], cwd="/", capture_output=True, text=True,
-                             timeout=120, env=head.env(PYTHONPATH=str(broken),
+                              "--disable-usage-stats", f"--port={head.port}"], cwd="/",
+                             capture_output=True, text=True, timeout=120, env=head.env(PYTHONPATH=str(broken),
                                                        RAY_AUTH_MODE="token"))
     assert started.returncode == 0, started.stderr
     served = dvaeq(head, tmp_path, "serve", "--name", "one", "--sampler", "gibbs", timeout=60)
