@@ -74,3 +74,17 @@ def tv_mcdiarmid(p, n, delta):
     fails with probability <= delta: E[TV] <= ½ Σ sqrt(p(1−p)/n) (Cauchy–Schwarz per state), and
     TV moves by <= 1/n when one sample changes, so McDiarmid adds sqrt(ln(1/δ)/(2n))."""
     return (0.5 * torch.sqrt(p * (1 - p) / n).sum()).item() + math.sqrt(math.log(1 / delta) / (2 * n))
+
+
+class Recording:
+    """A structured QPU child that keeps a copy of every problem it is sent."""
+
+    def __init__(self, child):
+        self.child, self.problems = child, []
+
+    def __getattr__(self, name):
+        return getattr(self.child, name)
+
+    def sample(self, bqm, **kwargs):
+        self.problems.append(bqm.copy())
+        return self.child.sample(bqm, **kwargs)

@@ -9,6 +9,7 @@ import dimod
 import numpy as np
 import pytest
 import torch
+from references import Recording
 from scipy.stats import chi2
 
 import samplers
@@ -265,20 +266,6 @@ def test_calibrate_command_runs_on_the_noisy_device(capsys):
     assert 3.5 < beta < 4.7
 
 
-class Sent:
-    """A structured child that keeps a copy of every problem it is sent."""
-
-    def __init__(self, child):
-        self.child, self.problems = child, []
-
-    def __getattr__(self, name):
-        return getattr(self.child, name)
-
-    def sample(self, bqm, **kwargs):
-        self.problems.append(bqm.copy())
-        return self.child.sample(bqm, **kwargs)
-
-
 def _model_distribution(model):
     states = torch.tensor(list(itertools.product([0.0, 1.0], repeat=model.num_units)),
                           dtype=torch.float64)
@@ -303,7 +290,7 @@ def test_spin_reversal_transforms_cancel_field_offsets():
     n = 16000
 
     def draw(transforms):
-        child = Sent(noisy_qpu("chimera_c4", beta=4.0, seed=11, **{**ZERO, "field_noise": 0.05}))
+        child = Recording(noisy_qpu("chimera_c4", beta=4.0, seed=11, **{**ZERO, "field_noise": 0.05}))
         # one copy per call, so that the offsets of one region are all there is to average
         sampler = samplers.get("qpu", topology="chimera_c4", beta_eff=4.0, seed=0, tiles=1,
                                num_reads=2000, spin_reversal_transforms=transforms,

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 from dwave.system.testing import MockDWaveSampler
-from references import empirical_distribution, exact_distribution, native_model, tv_mcdiarmid
+from references import (
+    Recording,
+    empirical_distribution,
+    exact_distribution,
+    native_model,
+    tv_mcdiarmid,
+)
 
 import samplers
 import topologies
@@ -821,20 +827,6 @@ def test_a_config_cannot_redirect_the_token():
         with pytest.raises(samplers.SamplerOptionError, match="client_config"):
             samplers.get("qpu", topology="chimera_c4", client_config={key: "https://elsewhere/"})
     samplers.get("qpu", topology="chimera_c4", client_config={"profile": "prod", "region": "eu"})
-
-
-class Recording:
-    """A structured child that keeps a copy of every problem it is sent."""
-
-    def __init__(self, child):
-        self.child, self.problems = child, []
-
-    def __getattr__(self, name):
-        return getattr(self.child, name)
-
-    def sample(self, bqm, **kwargs):
-        self.problems.append(bqm.copy())
-        return self.child.sample(bqm, **kwargs)
 
 
 def _gauge_of(sent, programmed) -> np.ndarray:
