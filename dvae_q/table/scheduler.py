@@ -49,37 +49,39 @@ def _ray():
     return ray, head
 
 
-def check_address(address: str | None) -> None:
-    """Before anything is written: token authentication on (a local instance gets a token only
-    its owner can read), and a cluster address that answers."""
+@contextmanager
+def _ray_errors():
+    """The samplers' error types as the command's: the caller's to fix (exit 2) or a failure
+    (exit 1)."""
     from samplers import SamplerFailure, SamplerOptionError
 
-    _, head = _ray()
     try:
-        head.require_token_auth(create=not address)
-        if address:
-            head.probe(address)
+        yield
     except SamplerOptionError as exc:
         raise BadInput(str(exc)) from None
     except SamplerFailure as exc:
         raise RunFailure(str(exc)) from None
 
 
+def check_address(address: str | None) -> None:
+    """Before anything is written: token authentication on (a local instance gets a token only
+    its owner can read), and a cluster address that answers."""
+    _, head = _ray()
+    with _ray_errors():
+        head.require_token_auth(create=not address)
+        if address:
+            head.probe(address)
+
+
 def _connect(hw: Hardware) -> bool:
     """Join (or start) Ray; True if this call connected (and must disconnect)."""
-    from samplers import SamplerFailure, SamplerOptionError
-
     ray, head = _ray()
     if ray.is_initialized():
         return False
     check_address(hw.address)
     if hw.address:
-        try:
+        with _ray_errors():
             head.join(hw.address, namespace="dvae-q-reproduce")
-        except SamplerOptionError as exc:
-            raise BadInput(str(exc)) from None
-        except SamplerFailure as exc:
-            raise RunFailure(str(exc)) from None
         return True
     ray.init(address="local", num_cpus=hw.num_cpus or os.cpu_count(), num_gpus=hw.num_gpus,
              include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False,

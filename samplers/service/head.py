@@ -18,7 +18,7 @@ What a user of this machine can rely on:
 * Nothing here waits on a dead address. An address, given or found in Ray's record of the
   current cluster, is probed first (a TCP connect, PROBE_TIMEOUT_S). A refused token, a Ray or
   Python version mismatch, or a cluster that does not answer becomes one line, and no call
-  takes longer than about CONNECT_BUDGET_S.
+  takes longer than about 30 s.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ HEAD_START_WAIT_S = 60
 # picks another, e.g. for a second user's head on the same machine
 PORT_ENV, DEFAULT_PORT = "DVAEQ_RAY_PORT", 6379
 PROBE_TIMEOUT_S = 5.0
-CONNECT_BUDGET_S = 30.0
 MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 # how many times (about one a second) this process's Ray client asks a GCS that accepts the
 # connection but refuses it, e.g. for a wrong token: Ray's default, 20, leaves little of the
