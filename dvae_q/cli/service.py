@@ -99,7 +99,7 @@ def cmd_serve(args) -> int:
                        pack_window_s=args.pack_window_ms / 1000, max_restarts=args.max_restarts,
                        num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=resources)
     try:
-        head.connect(args.address, start=True)
+        head.connect(args.address, start=True, network=args.network)
         actor.start(spec)
         address = head.cluster_address()
     except ServiceUnavailable as exc:
@@ -214,6 +214,10 @@ def add_commands(subparsers) -> None:
     serve.add_argument("--name", required=True, help="the service's name")
     serve.add_argument("--address", help="Ray cluster: auto (default: this machine's, started "
                        "if needed), host:port or ray://host:port")
+    serve.add_argument("--network", action="store_true",
+                       help="a head it starts listens on this machine's network address too "
+                            "(for trainers and nodes on other machines, with the token); "
+                            "default: 127.0.0.1 only")
     serve.add_argument("--num-gpus", type=float, default=0, help="GPUs reserved for it")
     serve.add_argument("--num-cpus", type=float, default=1, help="CPUs reserved for it "
                        "(also its torch threads)")

@@ -83,9 +83,10 @@ def _connect(hw: Hardware) -> bool:
         with _ray_errors():
             head.join(hw.address, namespace="dvae-q-reproduce")
         return True
-    ray.init(address="local", num_cpus=hw.num_cpus or os.cpu_count(), num_gpus=hw.num_gpus,
-             include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False,
-             logging_level="ERROR", namespace="dvae-q-reproduce")
+    with head.loopback_only():   # a local instance listens on 127.0.0.1 only
+        ray.init(address="local", num_cpus=hw.num_cpus or os.cpu_count(), num_gpus=hw.num_gpus,
+                 include_dashboard=False, object_store_memory=200 * 1024**2,
+                 log_to_driver=False, logging_level="ERROR", namespace="dvae-q-reproduce")
     return True
 
 

@@ -64,9 +64,10 @@ class Corrections:
                                 for r, c, v in zip(row.tolist(), col.tolist(), dj.tolist())})
         return out
 
-    def observe(self, job: draws.Job, reads: np.ndarray, programmed) -> dict:
+    def observe(self, job: draws.Job, reads: np.ndarray, programmed, guard) -> dict:
         """Learn from a completed draw (its reads, in the plan's label order, and the problem
-        the guard sent, shim removed and gauges undone); its info keys."""
+        the guard sent, shim removed and gauges undone); its info keys. `guard`: the range
+        guard whose h/J ranges the draw was sent within."""
         if not self.active:
             return {}
         info = {}
@@ -81,7 +82,8 @@ class Corrections:
         h, quad = plans.ising(model, plan, 1.0, self.topology_name)  # the model's own units
         if self.shim is not None:
             info.update(self.shim.observe(spins, signs, np.asarray(plan.copies), h,
-                                          model_coupling(plan, quad), job.beta_eff))
+                                          model_coupling(plan, quad), job.beta_eff,
+                                          free=_free_units(plan, h, quad, job.beta_eff, guard)))
         return info
 
     # ---- state -------------------------------------------------------------------------------
@@ -106,3 +108,17 @@ class Corrections:
         for c, key in ((self.shim, "flux_bias"), (self.fit, "device_hamiltonian")):
             if c is not None and key in state:
                 c.load_state_dict(state[key])
+
+
+def _free_units(plan, h: np.ndarray, quad: np.ndarray, beta_eff: float, guard) -> np.ndarray:
+    """Per unit: whether its field and every coupling on it were programmed within the ranges.
+    A clipped unit's magnetisation differs from the model's by the clipping, not by a device
+    offset, and an offset pushing a field further out cannot be applied, so the shim must not
+    learn from it (it would walk off until it diverged)."""
+    (h_lo, h_hi), (j_lo, j_hi) = guard.h_range, guard.j_range
+    hp, jp = h / beta_eff, quad / beta_eff
+    free = (hp > h_lo) & (hp < h_hi)
+    clipped = (jp <= j_lo) | (jp >= j_hi)
+    free[plan.rows[clipped]] = False
+    free[plan.cols[clipped] + plan.num_left] = False
+    return free

@@ -23,8 +23,13 @@ that uniform factor, and each fit contracts the error by |1 − gain·G|. Fitted
 corrected per qubit and per coupler of the chip, so every copy of a tiled problem has its own.
 
 **Conditioning.** A fit needs at least `MIN_SAMPLES_PER_PARAMETER` samples per parameter of each
-qubit's regression, and every standard error below `MAX_STDERR`; otherwise it raises
-`HamiltonianFitError` naming the samples per qubit it needs (standard errors fall as 1/sqrt(n)).
+qubit's regression, or it raises `HamiltonianFitError` naming the samples per qubit it needs. A
+parameter whose qubit's regression has no finite maximum (a spin its field pins, as a trained
+prior has many) or whose standard error is above `MAX_STDERR` is left out of that fit and keeps
+its correction; the qubits whose field was left out are counted (`hamiltonian_skipped_qubits`).
+A first fit that keeps no field at all raises `HamiltonianFitError` (the correction cannot be
+learned as configured); a later window that keeps none is skipped, so a long run is not
+stopped by a stretch of pinned spins.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ MIN_SAMPLES_PER_PARAMETER = 10
 MAX_STDERR = 0.05
 NEWTON_STEPS = 50
 CHUNK = 256   # qubits per batch of regressions, to bound memory at (samples × chunk × degree)
+RIDGE = 1e-10
 
 
 def neighbours(num_vars: int, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -75,12 +81,16 @@ def _regressions(own: np.ndarray, known: np.ndarray, x: np.ndarray, padding: np.
                  beta: float):
     """Newton's method for a chunk of c qubits' regressions: own (N, c) spins, known (N, c)
     local fields of the problem asked for, x (N, c, D + 1) the features (1, neighbours' spins),
-    padding (c, D + 1) which features are absent. (θ (c, D + 1), −Hessian at θ, converged)."""
+    padding (c, D + 1) which features are absent. (θ (c, D + 1), −Hessian at θ, converged (c)):
+    each qubit converges or not on its own, so that one pinned spin spoils only its own fit."""
     a = (-2.0 * beta) * own[:, :, None] * x            # du/dθ for u = −2β s_i (f_i + θ·x)
     base = (-2.0 * beta) * own * known
     width = x.shape[2]
     theta = np.zeros(padding.shape)
-    eye = padding[:, :, None] * np.eye(width)[None]    # absent features: kept at 0
+    # absent features are kept at 0; the tiny ridge keeps a constant feature (a neighbour that
+    # never flips) from making the whole chunk's solve singular: it shows as a huge stderr
+    eye = (padding[:, :, None] + RIDGE) * np.eye(width)[None]
+    done = np.zeros(len(theta), dtype=bool)
     for _ in range(NEWTON_STEPS):
         u = base + np.einsum("nca,ca->nc", a, theta)
         sig = expit(-u)
@@ -88,22 +98,26 @@ def _regressions(own: np.ndarray, known: np.ndarray, x: np.ndarray, padding: np.
         info = np.einsum("nc,nca,ncb->cab", sig * (1.0 - sig), a, a) + eye
         try:
             step = np.linalg.solve(info, grad[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            return theta, info, False
-        big = float(np.abs(step).max(initial=0.0))
-        if not math.isfinite(big):
-            return theta, info, False
-        theta = theta + step * min(1.0, 1.0 / big) if big > 0 else theta  # ≤ 1 unit a step
-        if big < 1e-9:
-            return theta, info, True
-    return theta, info, False
+        except np.linalg.LinAlgError:   # an exactly singular qubit: least squares for all
+            step = (np.linalg.pinv(info) @ grad[..., None])[..., 0]
+        big = np.abs(step).max(axis=1, initial=0.0)
+        step = np.where(np.isfinite(big)[:, None], step, 0.0)
+        # ≤ 1 unit a step, per qubit
+        theta = theta + step * np.minimum(1.0, 1.0 / np.maximum(big, 1e-300))[:, None]
+        done = np.isfinite(big) & (big < 1e-9)
+        if done.all():
+            break
+    return theta, info, done
 
 
 def fit_distortion(spins: np.ndarray, known: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                    beta: float) -> tuple[np.ndarray, ...]:
     """(d_h (n), d_J (m), stderr_h (n), stderr_J (m)): the distortion d of the problem the
     samples' device realised over the problem asked for, whose local fields for these samples
-    are `known` (N, n); couplers (rows, cols). Raises HamiltonianFitError when ill-conditioned."""
+    are `known` (N, n); couplers (rows, cols). A parameter is left out (NaN) when its qubit's
+    regression has no finite maximum (a spin pinned by its field, as trained priors have) or
+    its standard error is above MAX_STDERR; a coupler takes the mean of the estimates its two
+    qubits kept. Raises HamiltonianFitError when there are too few samples for the parameters."""
     num, n = spins.shape
     nb, ed = neighbours(n, rows, cols)
     width = nb.shape[1] + 1
@@ -113,50 +127,54 @@ def fit_distortion(spins: np.ndarray, known: np.ndarray, rows: np.ndarray, cols:
             f"sampler 'qpu': learn_device_hamiltonian has {num} samples per qubit for up to "
             f"{need // MIN_SAMPLES_PER_PARAMETER} parameters per qubit; it needs at least {need} "
             "(raise hamiltonian_every or the samples per draw)")
-    d_h, se_h = np.zeros(n), np.zeros(n)
+    d_h, se_h = np.full(n, np.nan), np.full(n, np.nan)
     d_j, var_j, hits = np.zeros(len(rows)), np.zeros(len(rows)), np.zeros(len(rows))
     s = spins.astype(np.float64)
+    ups = (s > 0).sum(0)
+    varies = np.minimum(ups, num - ups) >= MIN_SAMPLES_PER_PARAMETER
     for lo in range(0, n, CHUNK):
         idx = np.arange(lo, min(n, lo + CHUNK))
-        pad = nb[idx] < 0
+        # a neighbour that (almost) never flips is a constant feature: its coupling cannot be
+        # told from the field, so it is left out of the regression, and the field absorbs it
+        # (the right correction of the effective field while that spin stays pinned)
+        pad = (nb[idx] < 0) | ~varies[np.where(nb[idx] < 0, 0, nb[idx])]
         x = np.concatenate([np.ones((num, len(idx), 1)),
                             np.where(pad[None], 0.0, s[:, np.where(pad, 0, nb[idx])])], axis=2)
         padding = np.concatenate([np.zeros((len(idx), 1), bool), pad], axis=1)
-        theta, info, ok = _regressions(s[:, idx], known[:, idx], x, padding, beta)
-        se = _stderr(info) if ok else None
-        se = None if se is None else np.where(padding, 0.0, se)
-        worst = math.inf if se is None else float(se.max(initial=0.0))
-        if not worst <= MAX_STDERR:
-            if se is None:   # no finite maximum: some spin is predicted without error
-                why, more = "no finite pseudo-likelihood maximum", f"at least {4 * num:,}"
-            else:            # standard errors fall as 1/sqrt(samples)
-                why = f"worst standard error {worst:.3g} > {MAX_STDERR:g}"
-                more = f"about {max(need, math.ceil(num * (worst / MAX_STDERR) ** 2)):,}"
-            raise HamiltonianFitError(
-                f"sampler 'qpu': learn_device_hamiltonian is ill-conditioned with {num} samples "
-                f"per qubit ({why}); it needs {more} samples per qubit (raise "
-                "hamiltonian_every or the samples per draw); the last good correction is kept")
-        d_h[idx], se_h[idx] = theta[:, 0], se[:, 0]
+        theta, info, done = _regressions(s[:, idx], known[:, idx], x, padding, beta)
+        se = _stderr(info)
+        ok = done[:, None] & ~padding & np.isfinite(se) & (se <= MAX_STDERR)
+        d_h[idx[ok[:, 0]]], se_h[idx[ok[:, 0]]] = theta[ok[:, 0], 0], se[ok[:, 0], 0]
         edges = ed[idx]
         for k in range(width - 1):
-            on = edges[:, k] >= 0
+            on = ok[:, k + 1]
             e = edges[on, k]
             np.add.at(d_j, e, theta[on, k + 1])
             np.add.at(var_j, e, se[on, k + 1] ** 2)
             np.add.at(hits, e, 1.0)
-    hits = np.maximum(hits, 1.0)
-    return d_h, d_j / hits, se_h, np.sqrt(var_j) / hits
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return d_h, d_j / hits, se_h, np.sqrt(var_j) / hits
 
 
-def _stderr(info: np.ndarray) -> np.ndarray | None:
-    try:
-        cov = np.linalg.inv(info)
-    except np.linalg.LinAlgError:
-        return None
-    diag = np.diagonal(cov, axis1=1, axis2=2)
-    if not np.isfinite(diag).all() or (diag < 0).any():
-        return None
-    return np.sqrt(diag)
+def unfitted_error(num: int) -> HamiltonianFitError:
+    """No parameter of the chip could be fitted from `num` samples per qubit."""
+    return HamiltonianFitError(
+        f"sampler 'qpu': learn_device_hamiltonian is ill-conditioned with {num} samples per "
+        f"qubit (no field has a finite pseudo-likelihood maximum with a standard error "
+        f"<= {MAX_STDERR:g}: spins pinned, or too few samples); it needs more samples per qubit "
+        "(raise hamiltonian_every or the samples per draw) or a prior whose spins flip; the "
+        "last good correction is kept")
+
+
+def _stderr(info: np.ndarray) -> np.ndarray:
+    """Per qubit of the chunk: sqrt of the inverse Hessian's diagonal, NaN where it is not a
+    finite, non-negative number."""
+    with np.errstate(invalid="ignore"):
+        try:
+            diag = np.diagonal(np.linalg.inv(info), axis1=1, axis2=2)
+        except np.linalg.LinAlgError:
+            diag = np.full(info.shape[:2], np.nan)
+        return np.where(np.isfinite(diag) & (diag >= 0), np.sqrt(np.abs(diag)), np.nan)
 
 
 class HamiltonianFit:
@@ -210,23 +228,35 @@ class HamiltonianFit:
         known = np.concatenate([local_fields(w[1].astype(np.float64), w[2], row, col, w[3])
                                 for w in self.window])
         d_h, d_j, se_h, se_j = fit_distortion(spins, known, row, col, beta_eff)
+        fit_h, fit_j = np.isfinite(d_h), np.isfinite(d_j)
+        if not fit_h.any():
+            if not self.fits:   # a correction that was never learned and cannot be
+                raise unfitted_error(len(spins))
+            # a window without information (every spin pinned for a while): kept, not fatal
+            self.window = []
+            info.update(hamiltonian_skipped_qubits=len(fit_h))
+            return info
         self.last_fit = (labels, row, col, d_h, d_j, se_h, se_j)
         # effective − model = (sent + d) − (sent − applied), for the last draw of the window;
         # its part along the model's problem is a uniform β error, left to β_eff's calibration
-        # (calibrate, recalibrate_every) so that the two corrections never fight over it
-        t_h, t_j = h - dh, quad - dj
-        r_h, r_j = dh + d_h, dj + d_j
+        # (calibrate, recalibrate_every) so that the two corrections never fight over it.
+        # Terms the fit left out (pinned qubits) keep their correction and enter nothing.
+        t_h, t_j = np.where(fit_h, h - dh, 0.0), np.where(fit_j, quad - dj, 0.0)
+        r_h, r_j = np.where(fit_h, dh + d_h, 0.0), np.where(fit_j, dj + d_j, 0.0)
         scale = float(r_h @ t_h + r_j @ t_j) / max(float(t_h @ t_h + t_j @ t_j), 1e-300)
         r_h, r_j = r_h - scale * t_h, r_j - scale * t_j
         qi, ci = self._where(labels, row, col)
         # c + d is the error that c left; a Newton step on a map of unit slope
-        self.c_h[qi] -= self.gain * (self.c_h[qi] - dh + r_h)
-        self.c_j[ci] -= self.gain * (self.c_j[ci] - dj + r_j)
+        self.c_h[qi] -= np.where(fit_h, self.gain * (self.c_h[qi] - dh + r_h), 0.0)
+        self.c_j[ci] -= np.where(fit_j, self.gain * (self.c_j[ci] - dj + r_j), 0.0)
         self.window, self.fits = [], self.fits + 1
         info.update(hamiltonian_fitted=True, hamiltonian_samples_per_qubit=len(spins),
+                    hamiltonian_skipped_qubits=int((~fit_h).sum()),
                     hamiltonian_beta_ratio=1.0 + scale,
-                    hamiltonian_rms_residual_h=_rms(r_h), hamiltonian_rms_residual_j=_rms(r_j),
-                    hamiltonian_rms_stderr_h=_rms(se_h), hamiltonian_rms_stderr_j=_rms(se_j))
+                    hamiltonian_rms_residual_h=_rms(r_h[fit_h]),
+                    hamiltonian_rms_residual_j=_rms(r_j[fit_j]),
+                    hamiltonian_rms_stderr_h=_rms(se_h[fit_h]),
+                    hamiltonian_rms_stderr_j=_rms(se_j[fit_j]))
         return info
 
     # ---- state -------------------------------------------------------------------------------

@@ -289,7 +289,8 @@ class QPUSampler(TiledDraws, BetaEffTracking, Sampler, TemperatureScaled):
         reads = [call.parameters["num_reads"] for call in job.calls]
         info = {"beta_eff": job.beta_eff, "chain_break_fraction": got.chain_break_fraction,
                 **got.info, "estimated_qpu_access_time_us": self._calls_estimate_us(plan, reads),
-                "recalibrated": False, **self._corrections.observe(job, got.reads, got.programmed)}
+                "recalibrated": False, **self._corrections.observe(job, got.reads, got.programmed,
+                                                      self._guard)}
         self._maybe_recalibrate(info)
         z = (got.samples > 0).astype(np.float64 if job.model.dtype == torch.float64 else np.float32)
         return torch.from_numpy(z).to(job.model.dtype), info  # z = (s + 1) / 2

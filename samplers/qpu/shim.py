@@ -60,29 +60,36 @@ class FluxBiasShim:
         return dict(zip((int(q) for q in labels), self.offsets[self.index(labels)].tolist()))
 
     def observe(self, spins: np.ndarray, signs: np.ndarray | None, qubits: np.ndarray,
-                h: np.ndarray, coupling: sp.spmatrix, beta_eff: float) -> dict:
+                h: np.ndarray, coupling: sp.spmatrix, beta_eff: float,
+                free: np.ndarray | None = None) -> dict:
         """Add a draw's samples to the window and update φ when the window is full.
 
         `spins`: (R, tiles, units) ±1 in the model's frame; `signs`: the same shape, each read's
         gauge (None: no transforms); `qubits`: (tiles, units); `h` (units) and `coupling` (a
         symmetric units × units matrix) the model's Ising problem in its own units (β folded
-        in). Returns the draw's info keys."""
+        in); `free` (units): the units programmed within the ranges, the only ones learned
+        from (None: all). Returns the draw's info keys."""
         reads, tiles, units = spins.shape
         flat = spins.reshape(reads * tiles, units).astype(np.float64)
         m = -np.tanh(h[None, :] + np.asarray(coupling @ flat.T).T)
         d = (flat - m).reshape(reads, tiles, units)
         if signs is not None:
             d = d * signs  # the device's frame, where the offsets live
+        use = np.ones(units, dtype=bool) if free is None else np.asarray(free, dtype=bool)
+        use = np.broadcast_to(use, (tiles, units)).ravel()
         idx = self.index(qubits.ravel())
         resid = d.sum(0).ravel()
-        self._resid[idx] += resid
-        self._chi[idx] += (1.0 - m * m).reshape(reads, tiles, units).sum(0).ravel()
-        self._count[idx] += reads
+        self._resid[idx] += np.where(use, resid, 0.0)
+        self._chi[idx] += np.where(use, (1.0 - m * m).reshape(reads, tiles, units).sum(0).ravel(),
+                                   0.0)
+        self._count[idx] += np.where(use, reads, 0)
         self.draws += 1
         updated = self.draws % self.every == 0
         if updated:
             self._update(beta_eff)
-        return {"flux_bias_magnetisation_error": float(np.sqrt(np.mean((resid / reads) ** 2))),
+        err = (resid / reads)[use]
+        return {"flux_bias_magnetisation_error": float(np.sqrt(np.mean(err ** 2)))
+                if len(err) else 0.0, "flux_bias_clipped_units": int((~use).sum()),
                 "flux_bias_rms": float(np.sqrt(np.mean(self.offsets[idx] ** 2))),
                 "flux_bias_updated": updated}
 

@@ -8,10 +8,15 @@ What a user of this machine can rely on:
   local user, and anyone who can read the token can run code in the actor that holds a D-Wave
   client. So dvae-q creates the file itself with mode 0600 (an existing file is narrowed to
   0600). A process that explicitly disables token auth is refused.
-* Ray 2.60's GCS, raylet and worker RPC servers listen on every interface, and Ray has no option
-  to bind them to one address (`--node-ip-address 127.0.0.1` is rewritten to the machine's
-  address). Token authentication is therefore what protects them. See README, "Sampling
-  service", for what is exposed and to whom.
+* The head dvae-q starts (and the local instance of `reproduce`) listens on 127.0.0.1 only.
+  Ray has no bind-address option: each of its servers (GCS, raylet, object manager, agents,
+  client server, every worker's RPC server) binds loopback exactly when its node's address is
+  loopback, and Ray rewrites a loopback node address to the machine's network address unless
+  its single-machine switch RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is 0. So the head starts with
+  `--node-ip-address 127.0.0.1` and that switch at 0, and a process joining a loopback address
+  sets it while it joins (`loopback_only`). Such a head takes no other machine's nodes; a
+  cluster is one the user starts (`ray start --head`) and names with --address, protected by
+  the token. See README, "Who can reach a service".
 * The head dvae-q starts has `/` as its working directory. A head started from the caller's
   folder would keep that folder as the working directory of every worker it spawns, and once
   the folder is deleted every new worker dies while importing torch.
@@ -52,6 +57,11 @@ MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AU
 GCS_WAIT_ENV, GCS_WAIT_S = "RAY_gcs_server_port_wait_time_s", 8
 # the same for Ray Client (ray://): its first wait between attempts, then 5 s more each time
 CLIENT_WAIT_ENV, CLIENT_WAIT_S = "RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S", 2
+
+
+# Ray's own switch for single-machine instances (see the module docstring)
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK_HOSTS = ("localhost", "::1")
 
 
 class AuthRefused(BadRequest):
@@ -115,8 +125,9 @@ def head_port() -> int:
     return int(text)
 
 
-def start_local_head() -> None:
-    """A local Ray head that outlives this process (a detached actor needs it to)."""
+def start_local_head(network: bool = False) -> None:
+    """A local Ray head that outlives this process (a detached actor needs it to): on
+    127.0.0.1 only, or with `network` on the machine's address (other machines may join)."""
     port = head_port()
     try:  # Ray's own failure here is a GCS timeout that names a log file, not the port
         socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT_S).close()
@@ -129,6 +140,9 @@ def start_local_head() -> None:
     cmd = [_ray_binary(), "start", "--head", "--include-dashboard=false",
            "--disable-usage-stats", f"--port={port}"]
     env = dict(os.environ)
+    if not network:
+        cmd.append("--node-ip-address=127.0.0.1")
+        env[LOOPBACK_ENV] = "0"
     if env.get(GCS_WAIT_ENV) == str(GCS_WAIT_S):
         # a head's GCS on a loaded machine can take longer than Ray's default 20 s to answer
         env[GCS_WAIT_ENV] = str(HEAD_START_WAIT_S)
@@ -157,6 +171,31 @@ def _gcs_log_tail(message: str) -> str:
         if lines:
             return f" (GCS log: {lines[-1].strip()[:300]})"
     return ""
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a Ray address ("host:port", not ray://) names this machine's loopback."""
+    host = address.rpartition(":")[0].strip("[]")
+    return host.startswith("127.") or host in LOOPBACK_HOSTS
+
+
+@contextmanager
+def loopback_only():
+    """Ray, for the block, keeps loopback addresses as they are: the node this process starts
+    or joins is 127.0.0.1, so every server it and its raylet start binds loopback only. Set
+    only while joining: a process on a networked cluster's node must report its real address."""
+    from ray._private import ray_constants
+
+    saved_env, saved = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = saved_env
 
 
 def probe(address: str) -> None:
@@ -232,7 +271,11 @@ def join(address: str, namespace: str = NAMESPACE) -> None:
         quiet["log_to_driver"] = False
     with _held_messages() as native:
         try:
-            ray.init(address=address, **quiet)
+            if not address.startswith("ray://") and is_loopback(address):
+                with loopback_only():
+                    ray.init(address=address, **quiet)
+            else:
+                ray.init(address=address, **quiet)
             return
         except (ConnectionError, ray.exceptions.RaySystemError) as exc:
             error: BaseException = exc
@@ -255,10 +298,10 @@ def join(address: str, namespace: str = NAMESPACE) -> None:
                              f"({one_line(error)})") from None
 
 
-def connect(address: str | None = None, *, start: bool = False) -> None:
+def connect(address: str | None = None, *, start: bool = False, network: bool = False) -> None:
     """Join the Ray cluster at `address` (None or "auto": the one on this machine; "ray://host:
-    port" through Ray Client). With `start`, a missing local cluster is started first. A process
-    already connected to Ray keeps its connection."""
+    port" through Ray Client). With `start`, a missing local cluster is started first, on
+    loopback only unless `network`. A process already connected to Ray keeps its connection."""
     if ray.is_initialized():
         return
     require_token_auth(create=start)
@@ -275,11 +318,15 @@ def connect(address: str | None = None, *, start: bool = False) -> None:
                 raise ServiceUnavailable(f"the Ray instance this machine started last ({found}) "
                                          "is gone; start a service with `dvae-q serve`") from None
             found = None  # a head that died: start a new one
+    if found and network and is_loopback(found.removeprefix("ray://")):
+        raise BadRequest(f"--network: the Ray instance on this machine ({found}) listens on "
+                         "127.0.0.1 only; stop it (`ray stop`) to start a networked one, or "
+                         "start one yourself (`ray start --head`)")
     if not found:
         if not start:
             raise UnknownService("no Ray cluster runs on this machine; start a service with "
                                  "`dvae-q serve`")
-        start_local_head()
+        start_local_head(network)
         found = local_address()
         if not found:
             raise ServiceUnavailable("`ray start --head` succeeded but left no address for "

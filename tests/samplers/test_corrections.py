@@ -102,6 +102,26 @@ def test_shim_learns_the_field_offsets_and_removes_their_bias(transforms):
     assert tv < _tv_bound(p, n) and tv < bias / 2   # iid E[TV] here ≈ 0.045
 
 
+def test_the_shim_does_not_learn_from_a_clipped_unit():
+    from samplers.model import BipartiteModel
+
+    base = random_native_model(topologies.load("chimera_c4"), 4, 4, seed=0)
+    a_left = base.a_left.clone()
+    # programmed field of unit 0: −(a/2 + ΣW/4)/β_eff ≈ 5, beyond Chimera's h_range [−2, 2]:
+    # clipped, so its magnetisation is not the model's whatever the offsets; a shim that
+    # learned from it would push its offset on until it diverged
+    a_left[0] = -40.0
+    model = BipartiteModel(a_left, base.a_right, base.W, base.mask)
+    sampler = _shim_sampler(_offset_device(), range_policy="clip", flux_bias_gain=1.0)
+    qubits = sampler.tile_qubits(model)[0]
+    infos = [sampler.draw(model, 2000).info for _ in range(12)]
+    assert all(i["flux_bias_clipped_units"] == 1 for i in infos)
+    phi = _offsets(sampler, qubits)
+    assert phi[0] == 0.0 and np.all(phi[1:] != 0.0)
+    # the other units still converge (their error falls as without the clipped one)
+    assert infos[-1]["flux_bias_magnetisation_error"] < infos[0]["flux_bias_magnetisation_error"] / 2
+
+
 def test_a_diverging_shim_stops_with_one_line_and_keeps_the_last_good_offsets():
     model = random_native_model(topologies.load("chimera_c4"), 4, 4, seed=0)
     # β_eff 1 against a device at 4: each Newton step is 4 times too long, so every update
@@ -228,7 +248,7 @@ def test_the_pre_distorted_problem_samples_the_model():
 
 @pytest.mark.parametrize("reads, scale, needle", [
     (30, 1.0, "needs at least 50"),          # 30 samples for 5 parameters per qubit
-    (400, 12.0, "ill-conditioned"),          # pinned spins: the conditionals carry no signal
+    (400, 40.0, "ill-conditioned"),          # every spin pinned: no conditional carries signal
 ])
 def test_an_ill_conditioned_fit_names_the_samples_it_needs_and_keeps_the_last_state(
         reads, scale, needle):
@@ -245,6 +265,31 @@ def test_an_ill_conditioned_fit_names_the_samples_it_needs_and_keeps_the_last_st
     state = sampler.state_dict()
     assert state["calls"] == 0 and not any(state["device_hamiltonian"]["c_h"])
     assert state["device_hamiltonian"]["window"] == []
+
+
+def test_pinned_qubits_are_left_out_of_the_fit_and_the_rest_is_corrected():
+    from samplers.model import BipartiteModel
+
+    # two units pinned by their fields, as a trained prior has many: their regressions have no
+    # finite maximum, and a fit that gave up on the whole chip would never correct anything
+    base = random_native_model(topologies.load("chimera_c4"), 4, 4, seed=0)
+    a_left = base.a_left.clone()
+    a_left[:2] = 14.0
+    model = BipartiteModel(a_left, base.a_right, base.W, base.mask)
+    child = noisy_qpu("chimera_c4", beta=4.0, seed=11, **DISTORTED)
+    sampler = _fit_sampler(child, recalibrate_every=1, range_policy="clip")
+    infos = [sampler.draw(model, 4000).info for _ in range(4)]
+    fit = sampler._corrections.fit
+    labels, row, col, d_h, d_j, se_h, se_j = fit.last_fit
+    pinned = np.isnan(d_h)
+    assert infos[-1]["hamiltonian_skipped_qubits"] == int(pinned.sum()) == 2
+    # the pinned qubits kept a zero correction, and so did the couplers among pinned qubits only
+    qi, ci = fit._where(labels, row, col)
+    assert not fit.c_h[qi][pinned].any() and fit.c_h[qi][~pinned].any()
+    # the others' residual fell to the fit's own noise, as without pinned units
+    assert infos[-1]["hamiltonian_rms_residual_h"] < infos[0]["hamiltonian_rms_residual_h"] / 2
+    assert infos[-1]["hamiltonian_rms_residual_h"] < 3 * infos[-1]["hamiltonian_rms_stderr_h"]
+    assert all(math.isfinite(i["hamiltonian_rms_residual_j"]) for i in infos)
 
 
 def test_the_fit_resumes_exactly():

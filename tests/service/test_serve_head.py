@@ -142,6 +142,11 @@ def listening(pids: list[int]) -> list[tuple[str, int, int]]:
     return found
 
 
+def loopback(address: str) -> bool:
+    host = address.removeprefix("::ffff:")
+    return host.startswith("127.") or host == "::1"
+
+
 def refuses_strangers(address: str, port: int) -> str:
     """How the socket at (address, port) answers a client with no token: 'grpc' or 'http' if
     it refuses it, anything else if it does not."""
@@ -196,12 +201,19 @@ def test_serve_starts_a_locked_head_that_outlives_its_folder(head, tmp_path):
     assert re.search(r"one: gibbs .* 4 calls", listed.stdout), listed.stdout
     assert re.search(r"two: gibbs .* 4 calls", listed.stdout), listed.stdout
 
-    # what listens: loopback, or Ray's servers, which refuse a client without the token
+    # what listens: loopback only (every Ray server of the head, its agents and its workers),
+    # and the servers refuse a local client without the token
     sockets = listening(head.pids())
     assert any(port == head.port for _, port, _ in sockets)
-    outside = {(port, pid): refuses_strangers(address, port) for address, port, pid in sockets
-               if not address.startswith("127.") and address != "::1"}
-    assert outside and set(outside.values()) <= {"grpc", "http"}, outside
+    assert len({pid for _, _, pid in sockets}) >= 4        # gcs, raylet, agents, workers
+    outside = [s for s in sockets if not loopback(s[0])]
+    assert not outside, outside
+    answers = {(port, pid): refuses_strangers(address, port) for address, port, pid in sockets}
+    assert answers[next(k for k in answers if k[0] == head.port)] == "grpc", answers
+    assert sum(a == "grpc" for a in answers.values()) >= 4, answers
+    # a loopback head cannot become a networked one behind the user's back
+    networked = dvaeq(head, b, "serve", "--name", "three", "--sampler", "gibbs", "--network")
+    one_line(networked, 2, "listens on 127.0.0.1 only")
 
     address = f"127.0.0.1:{head.port}"
     nobody = dvaeq(head, stranger, "service", "list", "--address", address,
@@ -243,10 +255,17 @@ def test_a_dead_or_hung_head_is_one_line_and_serve_replaces_a_dead_one(head, tmp
     head.kill()  # the head crashes: its address is still on record
     gone = dvaeq(head, tmp_path, "service", "status", "one", timeout=60)
     one_line(gone, 1, "is gone")
-    again = dvaeq(head, tmp_path, "serve", "--name", "one", "--sampler", "gibbs", *GIBBS)
+    # the new head on the machine's network address, as asked (`--network`): what listens
+    # beyond loopback refuses a client without the token
+    again = dvaeq(head, tmp_path, "serve", "--name", "one", "--sampler", "gibbs", "--network",
+                  *GIBBS)
     assert again.returncode == 0, again.stderr
     status = dvaeq(head, tmp_path, "service", "status", "one")
     assert status.returncode == 0 and "service 'one'" in status.stdout, status.stderr
+    outside = {(port, pid): refuses_strangers(address, port)
+               for address, port, pid in listening(head.pids()) if not loopback(address)}
+    assert any(port == head.port for port, _ in outside), outside
+    assert set(outside.values()) <= {"grpc", "http"}, outside
 
 
 def test_workers_that_cannot_start_are_one_line_naming_their_log(head, tmp_path):

@@ -370,3 +370,73 @@ def _cli(out):
             "1-layer-nonlin", "--method", "dvaepp_power,dvaes_power", "--k", "2", "--steps",
             str(STEPS), *[x for item in SMALL for x in ("--set", item)], "--out", str(out),
             "--quiet"]
+
+
+LOCAL_SOCKETS = r'''
+import json, re, subprocess, sys
+from pathlib import Path
+
+import ray
+from dvae_q.table.scheduler import Hardware, connected
+
+
+def tree(root):
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" ", 1)
+            children.setdefault(int(rest.rsplit(")", 1)[1].split()[1]), []).append(int(pid))
+        except (OSError, IndexError, ValueError):
+            pass
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+with connected(Hardware(num_cpus=1, num_gpus=0)):
+    @ray.remote
+    def where():
+        return ray.util.get_node_ip_address()
+
+    ip = ray.get(where.remote())
+    mine = tree(int(sys.argv[1]))
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    sockets = [line.split()[3] for line in out.splitlines()
+               if {int(p) for p in re.findall(r"pid=(\d+)", line)} & mine]
+    print(json.dumps({"ip": ip, "sockets": sockets}))
+'''
+
+
+@ray_group
+def test_reproduces_local_ray_instance_listens_on_loopback_only(tmp_path):
+    """The Ray instance `reproduce` starts for itself (no --address): its task runs on a node
+    at 127.0.0.1, and every socket of its processes (the driver, GCS, raylet, agents,
+    workers) listens on loopback only."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    script = tmp_path / "local.py"
+    script.write_text(LOCAL_SOCKETS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    import shutil
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="dq", dir="/tmp")  # Ray's socket paths must be short
+    env.update(HOME=str(tmp_path), RAY_TMPDIR=ray_tmp, OMP_NUM_THREADS="1")
+    wrapper = ("import os, runpy, sys; sys.argv = ['x', str(os.getpid())]; "
+               f"runpy.run_path({str(script)!r})")
+    try:
+        done = subprocess.run([sys.executable, "-c", wrapper], env=env, capture_output=True,
+                              text=True, timeout=240)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["ip"] == "127.0.0.1"
+    hosts = [s.rpartition(":")[0].strip("[]").removeprefix("::ffff:") for s in found["sockets"]]
+    assert len(hosts) >= 3, found                     # gcs, raylet, workers at least
+    assert all(h.startswith("127.") or h == "::1" for h in hosts), found
