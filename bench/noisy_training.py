@@ -8,9 +8,9 @@ the device behind the sampler:
 - `ideal`: `samplers.testing:noisy_qpu` with every magnitude 0 (the thermal mock, bit for bit),
   the sampler told its true β_eff;
 - `<noise>/<correction>`: the noisy device at `published` magnitudes (docs/noisy_qpu.md), or
-  `5x` or `20x` them, β_eff tracked as a user would (`recalibrate_every`, from the draws' own samples, no
-  extra QPU calls), with no correction, spin-reversal transforms (16), the flux-bias shim, the
-  device-Hamiltonian fit, or all three.
+  `5x` or `20x` them, β_eff tracked as a user would (`recalibrate_every`, from the draws' own
+  samples, no extra QPU calls), with no correction, spin-reversal transforms (16), the
+  flux-bias shim, the device-Hamiltonian fit, or all three.
 
 The gap of a noisy run is its test NLL minus the ideal run's of the same seed (paired: data
 order, initialisation, posterior noise and the Gibbs engine's stream are shared), and a
@@ -45,26 +45,14 @@ from pathlib import Path
 
 import numpy as np
 import results_json  # bench/ is on sys.path when run as a script
+from noisy_qpu import CORRECTIONS, PUBLISHED  # the TV bench's noise levels and corrections
 
-from samplers.noisy_device import (
-    BETA,
-    BETA_SPREAD,
-    COUPLER_NOISE,
-    DRIFT,
-    FIELD_NOISE,
-    FREEZE_OUT,
-)
+from samplers.noisy_device import BETA
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGY = "pegasus_p4"
-PUBLISHED = {"field_noise": FIELD_NOISE, "coupler_noise": COUPLER_NOISE,
-             "beta_spread": BETA_SPREAD, "drift": DRIFT, "freeze_out": FREEZE_OUT}
 NOISE = {"published": PUBLISHED, **{f"{m}x": {k: m * v for k, v in PUBLISHED.items()}
                                     for m in (5, 20)}}
-CORRECTIONS = {"none": {}, "srt": {"spin_reversal_transforms": 16},
-               "shim": {"flux_bias_shim": True}, "fit": {"learn_device_hamiltonian": True},
-               "all": {"spin_reversal_transforms": 16, "flux_bias_shim": True,
-                       "learn_device_hamiltonian": True}}
 
 
 def config_args(name: str, steps: int, nonlin_latent: int) -> list[str]:
