@@ -71,12 +71,13 @@ class Corrections:
         if not self.active:
             return {}
         info = {}
+        signs = draws.read_signs(job, len(reads))
         if self.fit is not None:
-            info.update(self.fit.observe(reads, programmed, job.correction, job.beta_eff))
+            shim = None if job.field_shim is None else _shim_field(job, programmed, signs, guard)
+            info.update(self.fit.observe(reads, programmed, job.correction, job.beta_eff, shim))
         plan, model = job.plan, job.model
         units = len(plan.region)
         spins = reads.reshape(len(reads), plan.tiles, units)
-        signs = draws.read_signs(job, len(reads))
         if signs is not None:
             signs = signs.reshape(spins.shape)
         h, quad = plans.ising(model, plan, 1.0, self.topology_name)  # the model's own units
@@ -122,3 +123,22 @@ def _free_units(plan, h: np.ndarray, quad: np.ndarray, beta_eff: float, guard) -
     free[plan.rows[clipped]] = False
     free[plan.cols[clipped] + plan.num_left] = False
     return free
+
+
+def _shim_field(job: draws.Job, programmed, signs: np.ndarray | None, guard) -> np.ndarray:
+    """(reads or 1, variables): the shim's offsets as each read's call applied them, in the frame
+    `programmed` is in (gauges undone). The fit must know them: a fit that saw them as part of
+    the device's distortion would correct the same field error the shim does, two integrators
+    on one error, and together they overshoot until the shim diverges. Known, the fit measures
+    the device alone (its correction converges to minus the device's offsets) and the shim
+    learns only what the fit has not removed."""
+    labels = list(job.bqm.variables)
+    h = np.array([programmed.linear[v] for v in labels])
+    phi = np.array([job.field_shim.get(v, 0.0) for v in labels])
+    g = np.ones((1, len(labels))) if signs is None else signs.astype(np.float64)
+    sent = g * h   # each read's field in its call's gauge, where the shim adds φ
+    lo, hi = guard.h_range
+    inside = (sent >= lo) & (sent <= hi)
+    cut = inside & ((sent + phi < lo) | (sent + phi > hi))
+    applied = np.where(inside, np.where(cut, np.clip(sent + phi, lo, hi) - sent, phi), 0.0)
+    return g * applied

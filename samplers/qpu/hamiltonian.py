@@ -187,7 +187,7 @@ class HamiltonianFit:
         self.couplers = np.asarray(sorted(self._key(u, v) for u, v in graph.edges), np.int64)
         self.every, self.gain = int(every), float(gain)
         self.c_h, self.c_j = np.zeros(len(self.qubits)), np.zeros(len(self.couplers))
-        self.window: list = []       # (labels, spins (R, n) int8, h (n), J (m)) per draw
+        self.window: list = []       # (labels, spins (R, n) int8, h (n), J (m), extra) per draw
         self.draws = self.fits = 0
         self.last_fit = None         # (labels, row, col, d_h, d_J, stderr_h, stderr_J): diagnostic
 
@@ -212,21 +212,25 @@ class HamiltonianFit:
             h + dh, (row, col, quad + dj), offset, dimod.SPIN, variable_order=labels)
         return out, (labels, row, col, dh, dj, clipped)
 
-    def observe(self, reads: np.ndarray, sent, applied, beta_eff: float) -> dict:
+    def observe(self, reads: np.ndarray, sent, applied, beta_eff: float,
+                extra: np.ndarray | None = None) -> dict:
         """Add a draw (its reads in label order; `sent`: the problem it asked the device to
-        realise, target + applied correction) to the window, and fit when it is full."""
+        realise, target + applied correction; `extra`: (reads, labels) a field each read's
+        qubits were also sent, known but not this fit's (the flux-bias shim's offsets)) to the
+        window, and fit when it is full."""
         labels, row, col, dh, dj, clipped = applied
         h, quad = _vectors(sent, labels, row, col)
         if self.window and self.window[0][0] != labels:
             self.window = []         # another problem layout: its draws do not pool
-        self.window.append((labels, reads.astype(np.int8), h, quad))
+        extra = None if extra is None else np.asarray(extra, dtype=np.float32)
+        self.window.append((labels, reads.astype(np.int8), h, quad, extra))
         self.draws += 1
         info = {"hamiltonian_clipped": clipped, "hamiltonian_fitted": False}
         if self.draws % self.every:
             return info
         spins = np.concatenate([w[1] for w in self.window]).astype(np.float64)
         known = np.concatenate([local_fields(w[1].astype(np.float64), w[2], row, col, w[3])
-                                for w in self.window])
+                                + (0.0 if w[4] is None else w[4]) for w in self.window])
         d_h, d_j, se_h, se_j = fit_distortion(spins, known, row, col, beta_eff)
         fit_h, fit_j = np.isfinite(d_h), np.isfinite(d_j)
         if not fit_h.any():
@@ -270,7 +274,9 @@ class HamiltonianFit:
         return {"c_h": self.c_h.tolist(), "c_j": self.c_j.tolist(), "draws": self.draws,
                 "fits": self.fits,
                 "window": [{"labels": list(w[0]), "spins": torch.from_numpy(w[1].copy()),
-                            "h": w[2].tolist(), "j": w[3].tolist()} for w in self.window]}
+                            "h": w[2].tolist(), "j": w[3].tolist(),
+                            "extra": None if w[4] is None else torch.from_numpy(w[4].copy())}
+                           for w in self.window]}
 
     def load_state_dict(self, state: dict) -> None:
         c_h = np.asarray(state["c_h"], dtype=np.float64)
@@ -283,7 +289,8 @@ class HamiltonianFit:
         self.c_h, self.c_j = c_h, c_j
         self.draws, self.fits = int(state["draws"]), int(state["fits"])
         self.window = [(list(w["labels"]), np.asarray(w["spins"], dtype=np.int8),
-                        np.asarray(w["h"], dtype=np.float64), np.asarray(w["j"], np.float64))
+                        np.asarray(w["h"], dtype=np.float64), np.asarray(w["j"], np.float64),
+                        None if w.get("extra") is None else np.asarray(w["extra"], np.float32))
                        for w in state["window"]]
 
 
