@@ -16,6 +16,7 @@ from samplers.base import SamplerOptionError
 from samplers.qpu import draws
 from samplers.qpu import plan as plans
 from samplers.qpu.hamiltonian import HamiltonianFit
+from samplers.qpu.range_guard import within_range
 from samplers.qpu.shim import FluxBiasShim, model_coupling
 
 
@@ -136,9 +137,6 @@ def _shim_field(job: draws.Job, programmed, signs: np.ndarray | None, guard) -> 
     h = np.array([programmed.linear[v] for v in labels])
     phi = np.array([job.field_shim.get(v, 0.0) for v in labels])
     g = np.ones((1, len(labels))) if signs is None else signs.astype(np.float64)
-    sent = g * h   # each read's field in its call's gauge, where the shim adds φ
-    lo, hi = guard.h_range
-    inside = (sent >= lo) & (sent <= hi)
-    cut = inside & ((sent + phi < lo) | (sent + phi > hi))
-    applied = np.where(inside, np.where(cut, np.clip(sent + phi, lo, hi) - sent, phi), 0.0)
+    # each read's field in its call's gauge, where the shim adds φ, as `ShimComposite` does
+    applied, _ = within_range(g * h, phi, guard.h_range)
     return g * applied

@@ -42,6 +42,7 @@ import torch
 from scipy.special import expit
 
 from samplers.qpu.errors import HamiltonianFitError
+from samplers.qpu.range_guard import within_range
 
 # the usual rule for a logistic regression: ten observations per fitted parameter
 MIN_SAMPLES_PER_PARAMETER = 10
@@ -205,8 +206,8 @@ class HamiltonianFit:
         labels = list(bqm.variables)
         h, (row, col, quad), offset = bqm.to_numpy_vectors(variable_order=labels)
         qi, ci = self._where(labels, row, col)
-        dh, cut_h = _within(h, self.c_h[qi], h_range)
-        dj, cut_j = _within(quad, self.c_j[ci], j_range)
+        dh, cut_h = within_range(h, self.c_h[qi], h_range)
+        dj, cut_j = within_range(quad, self.c_j[ci], j_range)
         clipped = int(cut_h.sum() + cut_j.sum())
         out = dimod.BinaryQuadraticModel.from_numpy_vectors(
             h + dh, (row, col, quad + dj), offset, dimod.SPIN, variable_order=labels)
@@ -302,17 +303,6 @@ def _vectors(bqm, labels, row, col) -> tuple[np.ndarray, np.ndarray]:
     wanted = np.minimum(row, col) * n + np.maximum(row, col)
     order = np.argsort(found)
     return h, q[order[np.searchsorted(found[order], wanted)]]
-
-
-def _within(value: np.ndarray, correction: np.ndarray, bounds) -> tuple[np.ndarray, ...]:
-    """(the correction, cut so that value + correction stays in bounds where value is in them
-    (where it is not, the range guard's policy decides); which were cut)."""
-    lo, hi = bounds
-    inside = (value >= lo) & (value <= hi)
-    total = value + correction
-    cut = inside & ((total < lo) | (total > hi))
-    out = np.where(cut, np.clip(total, lo, hi) - value, correction)
-    return np.where(inside, out, 0.0), cut
 
 
 def _rms(values: np.ndarray) -> float:

@@ -28,6 +28,18 @@ def _range(properties: dict, key: str) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def within_range(value: np.ndarray, correction: np.ndarray, bounds) -> tuple[np.ndarray, ...]:
+    """(the correction, cut so that value + correction stays in bounds where value is in them
+    (where it is not, the range guard's policy decides); which were cut). How the shim's
+    offsets and the Hamiltonian fit's correction are added to a problem the guard then sends."""
+    lo, hi = bounds
+    inside = (value >= lo) & (value <= hi)
+    total = value + correction
+    cut = inside & ((total < lo) | (total > hi))
+    out = np.where(cut, np.clip(total, lo, hi) - value, correction)
+    return np.where(inside, out, 0.0), cut
+
+
 class RangeGuardComposite(dimod.ComposedSampler, dimod.Structured):
     """Forwards SPIN problems whose h, J lie within the child's ranges; `policy` says what to do
     with the others: 'error' raises `QPURangeError` naming the worst term, 'clip' clips them."""

@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from samplers.qpu.errors import FluxBiasShimError
+from samplers.qpu.range_guard import within_range
 
 # A qubit whose conditional magnetisation is pinned (|tanh f| > 0.95, χ < 0.1) barely responds
 # to its field: its Newton step would amplify the residual's sampling noise by 1/χ. The floor
@@ -155,13 +156,10 @@ class ShimComposite(dimod.ComposedSampler, dimod.Structured):
     properties = property(lambda self: self.child.properties)
 
     def sample(self, bqm, **parameters) -> dimod.SampleSet:
-        lo, hi = self.child.properties["h_range"]
         labels = list(bqm.variables)
         h = np.array([bqm.linear[v] for v in labels])
-        phi = np.array([self.offsets.get(v, 0.0) for v in labels])
-        inside = (h >= lo) & (h <= hi)
-        cut = inside & ((h + phi < lo) | (h + phi > hi))
-        phi = np.where(inside, np.where(cut, np.clip(h + phi, lo, hi) - h, phi), 0.0)
+        phi, _ = within_range(h, np.array([self.offsets.get(v, 0.0) for v in labels]),
+                              self.child.properties["h_range"])
         shifted = bqm.copy()
         shifted.add_linear_from(dict(zip(labels, phi)))
         response = self.child.sample(shifted, **parameters)
