@@ -17,6 +17,14 @@ temperature error. Each row also gives the QPU access time of a 1,000-sample tra
 with that correction, by the sampler's own timing model (`estimated_access_time_us`), and the
 client-side seconds of the measured draw.
 
+Each row also gives the measured draw's exact TV (`tv_exact`): the device model samples every
+call exactly from the Boltzmann distribution of a known distorted problem, so recording each
+call's problem (gauge undone) gives the exact distribution of the draw's samples. Its TV to the
+model is what the draw would show with infinitely many samples, free of sampling noise, and
+`tv_at_more_samples` samples it at 10× and 100× `--samples` (beside exact samples of as many),
+to say where the distortion shows above the iid TV. With every magnitude 0 it is 0 (the `off` rows
+check the recording), with and without transforms.
+
     .venv/bin/python bench/noisy_qpu.py [--samples 20000] [--iid-reps 20] [--out FILE]
         [--topologies pegasus_p4] [--sizes 8+8] [--noise published] [--corrections none,all]
 
@@ -47,6 +55,7 @@ from samplers.noisy_device import (
     FREEZE_OUT,
     problem_scale,
 )
+from samplers.qpu import gauges
 from samplers.temperature import random_native_model
 from samplers.testing import noisy_qpu, thermal_mock
 
@@ -81,6 +90,69 @@ def iid_tv(p: np.ndarray, n: int, reps: int, seed: int) -> tuple[float, float]:
     return float(np.mean(tvs)), float(np.percentile(tvs, 95))
 
 
+class DeviceRecorder:
+    """Every call's problem as the device samples it, in the sampler's frame: the device model's
+    distorted problem D of the gauged problem it was sent, un-gauged (a sample s' of D becomes
+    g∘s', which is Boltzmann in D with the gauge undone), with its β_eff and reads. Calls are
+    synchronous on the mock, so each device call follows its own composite's call."""
+
+    def __init__(self, child):
+        from dwave.preprocessing import SpinReversalTransformComposite
+
+        self.calls: list[tuple] = []
+        self._flips = None
+        device, composite = child.substitute_sampler, SpinReversalTransformComposite
+        device_sample, composite_sample = device.sample, composite.sample
+
+        def on_device(bqm, num_reads=1, **kwargs):
+            answer = device_sample(bqm, num_reads=num_reads, **kwargs)
+            d = device.last_distortion
+            frame = d.bqm if self._flips is None else gauges.undo(d.bqm, *self._flips)
+            self.calls.append((frame, d.beta, num_reads))
+            self._flips = None
+            return answer
+
+        def on_composite(this, bqm, *, srts=None, **kwargs):
+            self._flips = (list(bqm.variables), np.asarray(srts).ravel())
+            return composite_sample(this, bqm, srts=srts, **kwargs)
+
+        device.sample = on_device
+        self._undo = lambda: setattr(composite, "sample", composite_sample)
+        composite.sample = on_composite
+
+    def close(self) -> None:
+        self._undo()
+
+    def distribution(self, copies: list, num_units: int) -> np.ndarray:
+        """The exact distribution of the samples of the calls recorded since the last
+        `clear`: per call and copy, the Boltzmann distribution of D on that copy's qubits (no
+        coupler joins two copies), in the model's state order, weighted by the call's reads."""
+        states = np.array(list(itertools.product([-1.0, 1.0], repeat=num_units)))
+        q = np.zeros(len(states))
+        for bqm, beta, reads in self.calls:
+            for qubits in copies:
+                index = {v: k for k, v in enumerate(qubits)}
+                h = np.array([bqm.get_linear(v) for v in qubits])
+                j = np.zeros((num_units, num_units))
+                for u, v, bias in bqm.iter_quadratic(qubits):
+                    if u in index and v in index:
+                        j[index[u], index[v]] += bias
+                energy = states @ h + ((states @ j) * states).sum(1)
+                w = np.exp(-beta * (energy - energy.min()))
+                q += reads * w / w.sum()
+        return q / q.sum()
+
+    def clear(self) -> None:
+        self.calls = []
+
+
+def simulated_tv(q: np.ndarray, p: np.ndarray, n: int, reps: int, seed: int) -> float:
+    """Mean TV to p of n samples drawn from q (q = p: the iid expectation)."""
+    rng = np.random.default_rng(seed)
+    return float(np.mean([0.5 * np.abs(rng.multinomial(n, q) / n - p).sum()
+                          for _ in range(reps)]))
+
+
 def oracle_beta_eff(model, topology: str, freeze_out: float) -> float:
     """The device's β_eff at the scale it would be programmed at: β_eff·(1 + γ σ₁/β_eff) = β."""
     probe = samplers.get("qpu", topology=topology, beta_eff=1.0,
@@ -98,18 +170,29 @@ def run_case(topology, size, noise, correction, n, reps, warmup=0, warmup_sample
     sampler = samplers.get("qpu", topology=topology, beta_eff=beta_eff, seed=0,
                            child_sampler=child, **options)
     learning = "flux_bias_shim" in options or "learn_device_hamiltonian" in options
-    warmup_us = 0.0
-    for _ in range(warmup if learning else 0):
-        warmup_us += sampler.draw(model, warmup_samples).info["estimated_qpu_access_time_us"]
-    start = time.perf_counter()
-    z, info = sampler.draw(model, n)
-    wall = time.perf_counter() - start
+    recorder = DeviceRecorder(child)
+    try:
+        warmup_us = 0.0
+        for _ in range(warmup if learning else 0):
+            warmup_us += sampler.draw(model, warmup_samples).info["estimated_qpu_access_time_us"]
+        recorder.clear()
+        start = time.perf_counter()
+        z, info = sampler.draw(model, n)
+        wall = time.perf_counter() - start
+    finally:
+        recorder.close()
     p = exact(model)
     mean, p95 = iid_tv(p, n, reps, seed=2)
+    # the measured draw's exact distribution: its TV is what infinitely many draws like it
+    # would give, and sampling it at larger n says where its distortion shows above the iid TV
+    q = recorder.distribution(sampler._plan(model).copies, model.num_units)
+    larger = {str(m * n): {"device": simulated_tv(q, p, m * n, 5, seed=3),
+                           "iid": simulated_tv(p, p, m * n, 5, seed=4)} for m in (10, 100)}
     return {"topology": topology, "size": f"{size[0]}+{size[1]}", "noise": noise,
             "magnitudes": magnitudes, "correction": correction, "beta_eff": beta_eff,
             "tv": float(0.5 * np.abs(empirical(z) - p).sum()), "iid_tv_mean": mean,
-            "iid_tv_p95": p95, "samples": n, "tiles": info["tiles"],
+            "iid_tv_p95": p95, "tv_exact": float(0.5 * np.abs(q - p).sum()),
+            "tv_at_more_samples": larger, "samples": n, "tiles": info["tiles"],
             "qpu_calls": info["num_qpu_calls"], "wall_s": wall,
             "warmup_draws": warmup if learning else 0, "warmup_samples": warmup_samples,
             "warmup_access_us": warmup_us,
@@ -136,8 +219,8 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("+")) for s in args.sizes.split(",")]
     rows = json.loads(Path(args.out).read_text())["cases"] if args.append else []
     print("| topology | RBM | noise | correction | copies | calls | TV | iid E[TV] | iid 95 % | "
-          "step access (ms) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "exact TV | step access (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for topology, size, noise, correction in itertools.product(
             args.topologies.split(","), sizes, args.noise.split(","),
             args.corrections.split(",")):
@@ -146,7 +229,8 @@ def main() -> None:
         rows.append(row)
         print(f"| {topology} | {row['size']} | {noise} | {correction} | {row['tiles']} | "
               f"{row['qpu_calls']} | {row['tv']:.4f} | {row['iid_tv_mean']:.4f} | "
-              f"{row['iid_tv_p95']:.4f} | {row['step_access_us'] / 1e3:.1f} |", flush=True)
+              f"{row['iid_tv_p95']:.4f} | {row['tv_exact']:.4f} | "
+              f"{row['step_access_us'] / 1e3:.1f} |", flush=True)
         # saved after every case, so that a long run that stops keeps what it measured
         results_json.save({"machine": platform.platform(), "samples": args.samples,
                            "iid_reps": args.iid_reps, "beta": BETA, "cases": rows}, args.out)

@@ -3,7 +3,14 @@ programmed, the recalibration schedule, and setting it (a mixin of `QPUSampler`)
 
 from __future__ import annotations
 
+import logging
 import math
+
+log = logging.getLogger("samplers.qpu")
+# skips in a row before the sampler says so: a prior with near-zero parameters (the first
+# training steps) carries no temperature information even on a perfect device, so one skip is
+# expected; several in a row mean the samples do not follow the programmed problem
+WARN_AFTER_SKIPS = 3
 
 
 class BetaEffTracking:
@@ -28,12 +35,25 @@ class BetaEffTracking:
         try:
             est = self.measure_beta_eff()
         except TemperatureEstimationError as exc:
-            # a prior with (near) zero fields, as at the start of training, carries no
-            # temperature information: keep β_eff and say so in the call's info
-            info["recalibration_skipped"] = str(exc)
+            # keep β_eff and say so in the call's info (the count as a number, so that the
+            # training's metrics log it)
+            self.recalibrations_skipped += 1
+            self.skipped_in_a_row += 1
+            info.update(recalibration_skipped=str(exc),
+                        recalibrations_skipped=self.recalibrations_skipped)
+            if self.skipped_in_a_row == WARN_AFTER_SKIPS:
+                log.warning(
+                    "β_eff not re-measured at the last %d recalibrations (%s); it stays at %.4g. "
+                    "The device's samples follow no temperature of the programmed problem: its "
+                    "own errors outweigh the problem's scale (field offsets larger than the "
+                    "prior's fields). spin_reversal_transforms or flux_bias_shim remove offsets; "
+                    "`dvae-q calibrate --estimator both` says what the samples point to",
+                    WARN_AFTER_SKIPS, exc, self.beta_eff)
         else:
+            self.skipped_in_a_row = 0
             self.set_beta_eff(est.beta)
-            info.update(recalibrated=True, beta_eff_measured=est.beta, beta_eff_stderr=est.stderr)
+            info.update(recalibrated=True, beta_eff_measured=est.beta, beta_eff_stderr=est.stderr,
+                        recalibrations_skipped=self.recalibrations_skipped)
 
     # ---- temperature -------------------------------------------------------------------------
     def measure_beta_eff(self, num_bootstrap: int | None = None, seed: int | None = None):

@@ -72,6 +72,8 @@ class QPUSampler(TiledDraws, BetaEffTracking, Sampler, TemperatureScaled):
         self._gauge_seed = int(np.random.default_rng().integers(2**62)) if seed is None else seed
         self.calls = 0
         self.beta_eff_history: list[float] = [self.beta_eff]
+        self.recalibrations_skipped = 0
+        self.skipped_in_a_row = 0
         self._last: tuple | None = None
         self._corrections = Corrections(self.topology, self.options)
 
@@ -271,11 +273,13 @@ class QPUSampler(TiledDraws, BetaEffTracking, Sampler, TemperatureScaled):
 
     def _snapshot(self) -> tuple:
         return (self._rng.bit_generator.state, self.calls, self._last, self.beta_eff,
-                list(self.beta_eff_history), self._corrections.snapshot())
+                list(self.beta_eff_history), self.recalibrations_skipped, self.skipped_in_a_row,
+                self._corrections.snapshot())
 
     def _restore(self, state: tuple) -> None:
         (self._rng.bit_generator.state, self.calls, self._last, self.beta_eff,
-         self.beta_eff_history, corrections) = state
+         self.beta_eff_history, self.recalibrations_skipped, self.skipped_in_a_row,
+         corrections) = state
         self._corrections.restore(corrections)
 
     def _complete(self, job: draws.Job):
@@ -333,6 +337,7 @@ class QPUSampler(TiledDraws, BetaEffTracking, Sampler, TemperatureScaled):
     def state_dict(self) -> dict:
         return {"beta_eff": self.beta_eff, "beta_eff_history": list(self.beta_eff_history),
                 "calls": self.calls, "rng": self._rng.bit_generator.state,
+                "recalibrations_skipped": [self.recalibrations_skipped, self.skipped_in_a_row],
                 "gauge_seed": self._gauge_seed, **self._corrections.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -342,6 +347,9 @@ class QPUSampler(TiledDraws, BetaEffTracking, Sampler, TemperatureScaled):
         self.beta_eff = float(state["beta_eff"])
         self.beta_eff_history = [float(b) for b in state["beta_eff_history"]]
         self.calls = int(state["calls"])
+        # checkpoints written before the count existed start it at 0
+        self.recalibrations_skipped, self.skipped_in_a_row = (
+            int(v) for v in state.get("recalibrations_skipped", (0, 0)))
         self._rng.bit_generator.state = state["rng"]
         # checkpoints written before spin-reversal transforms existed keep this sampler's own
         self._gauge_seed = int(state.get("gauge_seed", self._gauge_seed))

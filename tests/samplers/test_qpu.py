@@ -332,6 +332,55 @@ def test_recalibration_on_an_uninformative_prior_keeps_beta_eff_and_says_so():
     assert "recalibration_skipped" in info
 
 
+
+def test_skipped_recalibrations_are_counted_warned_about_once_in_a_row_and_resume(caplog):
+    """A prior with no temperature information (all zero) makes every recalibration fail; the
+    count is a number in info (so training logs it), the third skip in a row is one warning, a
+    successful one resets the run of skips, and the counts come back from the state."""
+    import logging
+
+    import torch
+
+    import samplers
+    from samplers.qpu.beta_eff import WARN_AFTER_SKIPS
+    from samplers.testing import thermal_mock
+
+    zero = samplers.BipartiteModel(torch.zeros(8), torch.zeros(8), torch.zeros(8, 8))
+    live = native_model("chimera_c4", 4, 4)
+
+    def make():
+        return samplers.get("qpu", topology="chimera_c4", beta_eff=3.0, recalibrate_every=1,
+                            seed=0, calibration_bootstrap=0,
+                            child_sampler=thermal_mock("chimera_c4", beta=3.0, seed=0))
+
+    def warnings():
+        return [r for r in caplog.records if r.name == "samplers.qpu"
+                and r.levelno == logging.WARNING and "not re-measured" in r.getMessage()]
+
+    qpu = make()
+    with caplog.at_level(logging.WARNING, logger="samplers.qpu"):
+        counts = [qpu.draw(zero, 50)[1]["recalibrations_skipped"] for _ in range(4)]
+        assert counts == [1, 2, 3, 4]
+        assert len(warnings()) == 1 and f"last {WARN_AFTER_SKIPS} recalibrations" in \
+            warnings()[0].getMessage() and "stays at 3" in warnings()[0].getMessage()
+        _, info = qpu.draw(live, 200)
+        assert info["recalibrated"] and info["recalibrations_skipped"] == 4
+        assert qpu.skipped_in_a_row == 0
+        qpu.draw(zero, 50)
+        qpu.draw(zero, 50)
+        assert len(warnings()) == 1  # two in a row since the last success
+        state = qpu.state_dict()
+        again = make()
+        again.load_state_dict(state)
+        assert (again.recalibrations_skipped, again.skipped_in_a_row) == (6, 2)
+        assert again.draw(zero, 50)[1]["recalibrations_skipped"] == 7
+        assert len(warnings()) == 2  # the third in a row, across the resume
+    # an older checkpoint, written before the count existed, starts it at 0
+    old = {k: v for k, v in state.items() if k != "recalibrations_skipped"}
+    fresh = make()
+    fresh.load_state_dict(old)
+    assert (fresh.recalibrations_skipped, fresh.skipped_in_a_row) == (0, 0)
+
 @pytest.mark.parametrize("block,match", [
     ("{num_reeds: 5}", "unknown qpu key 'num_reeds'"),
     ("{num_reads: 0}", "num_reads"),
