@@ -128,16 +128,17 @@ class DeviceRecorder:
         `clear`: per call and copy, the Boltzmann distribution of D on that copy's qubits (no
         coupler joins two copies), in the model's state order, weighted by the call's reads."""
         states = np.array(list(itertools.product([-1.0, 1.0], repeat=num_units)))
+        order = [v for qubits in copies for v in qubits]
         q = np.zeros(len(states))
         for bqm, beta, reads in self.calls:
-            for qubits in copies:
-                index = {v: k for k, v in enumerate(qubits)}
-                h = np.array([bqm.get_linear(v) for v in qubits])
+            h, (row, col, quad), _ = bqm.to_numpy_vectors(variable_order=order)
+            tile = row // num_units
+            for t in range(len(copies)):
                 j = np.zeros((num_units, num_units))
-                for u, v, bias in bqm.iter_quadratic(qubits):
-                    if u in index and v in index:
-                        j[index[u], index[v]] += bias
-                energy = states @ h + ((states @ j) * states).sum(1)
+                inside = (tile == t) & (col // num_units == t)
+                np.add.at(j, (row[inside] % num_units, col[inside] % num_units), quad[inside])
+                energy = states @ h[t * num_units:(t + 1) * num_units] + (
+                    (states @ j) * states).sum(1)
                 w = np.exp(-beta * (energy - energy.min()))
                 q += reads * w / w.sum()
         return q / q.sum()
