@@ -21,12 +21,13 @@ Each row also gives the measured draw's exact TV (`tv_exact`): the device model 
 call exactly from the Boltzmann distribution of a known distorted problem, so recording each
 call's problem (gauge undone) gives the exact distribution of the draw's samples. Its TV to the
 model is what the draw would show with infinitely many samples, free of sampling noise, and
-`tv_at_more_samples` samples it at 10× and 100× `--samples` (beside exact samples of as many),
-to say where the distortion shows above the iid TV. With every magnitude 0 it is 0 (the `off` rows
-check the recording), with and without transforms.
+`tv_at_more_samples` samples it at 10×, 100× and 1000× `--samples` (beside exact samples of as
+many), to say where the distortion shows above the iid TV. With every magnitude 0 it is 0 (the
+`off` rows check the recording), with and without transforms.
 
     .venv/bin/python bench/noisy_qpu.py [--samples 20000] [--iid-reps 20] [--out FILE]
         [--topologies pegasus_p4] [--sizes 8+8] [--noise published] [--corrections none,all]
+        [--warmup 10] [--warmup-samples 20000] [--gain 0.1] [--append]
 
 Prints a table and writes JSON (default bench/results/noisy_qpu.json).
 """
@@ -162,12 +163,16 @@ def oracle_beta_eff(model, topology: str, freeze_out: float) -> float:
     return BETA - freeze_out * problem_scale(h, row, col, quad)
 
 
-def run_case(topology, size, noise, correction, n, reps, warmup=0, warmup_samples=0) -> dict:
+def run_case(topology, size, noise, correction, n, reps, warmup=0, warmup_samples=0,
+             gain=None) -> dict:
     model = random_native_model(topologies.load(topology), *size, seed=0)
     magnitudes = NOISE[noise]
     beta_eff = oracle_beta_eff(model, topology, magnitudes["freeze_out"])
     child = noisy_qpu(topology, beta=BETA, seed=1, **magnitudes)
-    options = CORRECTIONS[correction]
+    options = dict(CORRECTIONS[correction])
+    if gain is not None:  # the learning corrections' step size (each option's default: 0.5)
+        options.update({key: gain for key, on in (("flux_bias_gain", "flux_bias_shim"),
+                        ("hamiltonian_gain", "learn_device_hamiltonian")) if on in options})
     sampler = samplers.get("qpu", topology=topology, beta_eff=beta_eff, seed=0,
                            child_sampler=child, **options)
     learning = "flux_bias_shim" in options or "learn_device_hamiltonian" in options
@@ -188,14 +193,14 @@ def run_case(topology, size, noise, correction, n, reps, warmup=0, warmup_sample
     # would give, and sampling it at larger n says where its distortion shows above the iid TV
     q = recorder.distribution(sampler._plan(model).copies, model.num_units)
     larger = {str(m * n): {"device": simulated_tv(q, p, m * n, 5, seed=3),
-                           "iid": simulated_tv(p, p, m * n, 5, seed=4)} for m in (10, 100)}
+                           "iid": simulated_tv(p, p, m * n, 5, seed=4)} for m in (10, 100, 1000)}
     return {"topology": topology, "size": f"{size[0]}+{size[1]}", "noise": noise,
             "magnitudes": magnitudes, "correction": correction, "beta_eff": beta_eff,
             "tv": float(0.5 * np.abs(empirical(z) - p).sum()), "iid_tv_mean": mean,
             "iid_tv_p95": p95, "tv_exact": float(0.5 * np.abs(q - p).sum()),
             "tv_at_more_samples": larger, "samples": n, "tiles": info["tiles"],
             "qpu_calls": info["num_qpu_calls"], "wall_s": wall,
-            "warmup_draws": warmup if learning else 0, "warmup_samples": warmup_samples,
+            "gain": gain, "warmup_draws": warmup if learning else 0, "warmup_samples": warmup_samples,
             "warmup_access_us": warmup_us,
             "step_access_us": sampler.estimated_access_time_us(model, 1000),
             "magnetisation_error": info.get("flux_bias_magnetisation_error"),
@@ -214,6 +219,8 @@ def main() -> None:
     parser.add_argument("--corrections", default=",".join(CORRECTIONS))
     parser.add_argument("--warmup", type=int, default=10, help="learning draws before measuring")
     parser.add_argument("--warmup-samples", type=int, default=20000)
+    parser.add_argument("--gain", type=float, help="flux_bias_gain and hamiltonian_gain of the "
+                        "learning corrections (default: the options' own)")
     parser.add_argument("--append", action="store_true",
                         help="add the cases to those already in --out")
     args = parser.parse_args()
@@ -226,7 +233,7 @@ def main() -> None:
             args.topologies.split(","), sizes, args.noise.split(","),
             args.corrections.split(",")):
         row = run_case(topology, size, noise, correction, args.samples, args.iid_reps,
-                       args.warmup, args.warmup_samples)
+                       args.warmup, args.warmup_samples, args.gain)
         rows.append(row)
         print(f"| {topology} | {row['size']} | {noise} | {correction} | {row['tiles']} | "
               f"{row['qpu_calls']} | {row['tv']:.4f} | {row['iid_tv_mean']:.4f} | "
