@@ -170,9 +170,11 @@ def run_case(topology, size, noise, correction, n, reps, warmup=0, warmup_sample
     beta_eff = oracle_beta_eff(model, topology, magnitudes["freeze_out"])
     child = noisy_qpu(topology, beta=BETA, seed=1, **magnitudes)
     options = dict(CORRECTIONS[correction])
-    if gain is not None:  # the learning corrections' step size (each option's default: 0.5)
-        options.update({key: gain for key, on in (("flux_bias_gain", "flux_bias_shim"),
-                        ("hamiltonian_gain", "learn_device_hamiltonian")) if on in options})
+    # the learning corrections' step size (each option's default: 0.5)
+    if gain is not None and "flux_bias_shim" in options:
+        options["flux_bias_gain"] = gain
+    if gain is not None and "learn_device_hamiltonian" in options:
+        options["hamiltonian_gain"] = gain
     sampler = samplers.get("qpu", topology=topology, beta_eff=beta_eff, seed=0,
                            child_sampler=child, **options)
     learning = "flux_bias_shim" in options or "learn_device_hamiltonian" in options

@@ -35,12 +35,10 @@ class BetaEffTracking:
         try:
             est = self.measure_beta_eff()
         except TemperatureEstimationError as exc:
-            # keep β_eff and say so in the call's info (the count as a number, so that the
-            # training's metrics log it)
+            # keep β_eff and say so in the call's info
             self.recalibrations_skipped += 1
             self.skipped_in_a_row += 1
-            info.update(recalibration_skipped=str(exc),
-                        recalibrations_skipped=self.recalibrations_skipped)
+            info["recalibration_skipped"] = str(exc)
             if self.skipped_in_a_row == WARN_AFTER_SKIPS:
                 log.warning(
                     "β_eff not re-measured at the last %d recalibrations (%s); it stays at %.4g. "
@@ -52,8 +50,9 @@ class BetaEffTracking:
         else:
             self.skipped_in_a_row = 0
             self.set_beta_eff(est.beta)
-            info.update(recalibrated=True, beta_eff_measured=est.beta, beta_eff_stderr=est.stderr,
-                        recalibrations_skipped=self.recalibrations_skipped)
+            info.update(recalibrated=True, beta_eff_measured=est.beta, beta_eff_stderr=est.stderr)
+        # the count as a number, so that the training's metrics log it
+        info["recalibrations_skipped"] = self.recalibrations_skipped
 
     # ---- temperature -------------------------------------------------------------------------
     def measure_beta_eff(self, num_bootstrap: int | None = None, seed: int | None = None):
